@@ -1,0 +1,279 @@
+"""The update engine: check -> download -> verify -> install -> stage -> (reboot) -> trial -> commit.
+
+All I/O sits behind small interfaces (flash, transport, reporter, patcher, clock), in the
+manner of python-tuf's ngclient, so the same engine runs in a container, under the
+crash-point sweep and in unit tests. Every step is journaled before it is acted on, so a
+power cut at any operation resumes where it left off; nothing touches the running slot.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator, Protocol
+
+from ..durable import Flash
+from ..image import ImageError, verify_image
+from ..manifest import Manifest, ManifestError, parse_manifest, verify_manifest
+from ..signing import Verifier
+from . import journal as jr
+from .bootctl import BootControl, BootState, committed, other_slot, slot_file, staged
+from .bootloader import SlotCheck
+
+QUARANTINE = "quarantine.json"
+
+
+class TransportError(Exception):
+    """A transient network failure: retried with backoff, the download resumes."""
+
+
+class UpdateFailed(Exception):
+    """The update was refused or failed for good; the running image is untouched."""
+
+
+class Reboot(Exception):
+    """Restart into the bootloader (raised after staging and after a failed trial)."""
+
+
+class Transport(Protocol):
+    def fetch_manifest(self, *, device_id: str, hardware: str, version: str, image_sha256: str) -> bytes | None: ...
+    def open_range(self, url_path: str, start: int, end: int) -> Iterator[bytes]: ...
+
+
+class Reporter(Protocol):
+    def state(self, state: str, **fields: object) -> None: ...
+    def event(self, kind: str, **fields: object) -> None: ...
+
+
+# base image path, artifact path, encoding, max output -> chunks of the new image
+Patcher = Callable[[str, str, str, int], Iterator[bytes]]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    device_id: str
+    hardware: str
+    chunk_size: int = 64 * 1024
+    retries: int = 6
+    backoff_s: float = 1.0
+    backoff_max_s: float = 30.0
+
+
+class UpdateEngine:
+    def __init__(self, config: EngineConfig, flash: Flash, running: SlotCheck, verifier: Verifier,
+                 transport: Transport, reporter: Reporter, patcher: Patcher,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.config, self.flash, self.running, self.verifier = config, flash, running, verifier
+        self.transport, self.reporter, self.patcher, self.sleep = transport, reporter, patcher, sleep
+        self.bootctl = BootControl(flash)
+
+    # -- after every boot
+    def resume(self) -> str:
+        """Reconcile the journal with the boot record; returns 'trial', 'idle' or a result."""
+        state = self._boot_state()
+        if not state.confirmed:
+            return "trial"
+        job = jr.load(self.flash)
+        if job is None:
+            return "idle"
+        target_sha = self._manifest_of(job, verify=False).image.sha256
+        if self.running.sha256 == target_sha:
+            jr.clear(self.flash)   # committed before the cut that kept the journal
+            self.reporter.state("committed", target=job.version)
+            return "committed"
+        if state.rollback and state.rollback.sha256 == target_sha and state.rollback.seq > job.started_seq:
+            self._quarantine(target_sha)
+            jr.clear(self.flash)
+            self.reporter.event("rolled_back", target=job.version, reason=state.rollback.reason)
+            self.reporter.state("rolled_back", target=job.version, reason=state.rollback.reason)
+            return "rolled_back"
+        self.reporter.event("update_resumed", target=job.version, phase=job.phase, offset=job.offset)
+        return self._run(job)
+
+    def confirm(self) -> None:
+        """The trial image passed its health check: make it the committed image."""
+        state = self._boot_state()
+        if state.confirmed:
+            return
+        self.bootctl.store(committed(state, self.running.header.security_counter))
+        job = jr.load(self.flash)
+        jr.clear(self.flash)
+        self.reporter.event("committed", version=self.running.version)
+        self.reporter.state("committed", target=job.version if job else self.running.version)
+
+    def reject_trial(self, reason: str) -> None:
+        self.reporter.event("trial_failed", version=self.running.version, reason=reason)
+        self.reporter.state("trial_failed", reason=reason)
+        raise Reboot(f"trial failed: {reason}")
+
+    # -- on a command (a hint to check the server)
+    def check(self) -> str:
+        state = self._boot_state()
+        if not state.confirmed:
+            return "trial"
+        self.reporter.state("checking")
+        try:
+            document = self._with_retries("manifest", lambda: self.transport.fetch_manifest(
+                device_id=self.config.device_id, hardware=self.config.hardware,
+                version=self.running.version, image_sha256=self.running.sha256))
+        except UpdateFailed as exc:
+            self.reporter.state("failed", reason=str(exc))
+            return "failed"
+        if document is None:
+            self.reporter.state("up_to_date")
+            return "up_to_date"
+        try:
+            manifest = self._verify(document)
+        except UpdateFailed as exc:
+            self.reporter.event("rejected", reason=str(exc))
+            self.reporter.state("failed", reason=str(exc))
+            return "failed"
+        job = jr.load(self.flash)
+        if job is None or self._manifest_of(job, verify=False).image.sha256 != manifest.image.sha256:
+            jr.clear(self.flash)
+            job = jr.store(self.flash, self._new_job(document, manifest, state))
+            self.reporter.event("update_started", target=job.version, artifact=job.artifact.kind,
+                                length=job.artifact.length)
+        return self._run(job)
+
+    # -- the steps
+    def _run(self, job: jr.Journal) -> str:
+        try:
+            manifest = self._manifest_of(job, verify=True)
+            if job.phase == "download":
+                job = self._download(job)
+            return self._install(job, manifest)
+        except UpdateFailed as exc:
+            self.reporter.event("failed", target=job.version, reason=str(exc))
+            self.reporter.state("failed", target=job.version, reason=str(exc))
+            return "failed"
+
+    def _new_job(self, document: bytes, manifest: Manifest, state: BootState) -> jr.Journal:
+        delta = manifest.delta_for(self.running.sha256)
+        if delta is not None:
+            artifact = jr.Artifact("delta", delta.name, delta.sha256, delta.length, delta.encoding,
+                                   delta.base_sha256)
+        else:
+            image = manifest.image
+            artifact = jr.Artifact("image", image.name, image.sha256, image.length)
+        return jr.Journal("download", manifest.version, document.decode(), artifact,
+                          other_slot(self.running.slot), started_seq=state.seq)
+
+    def _download(self, job: jr.Journal) -> jr.Journal:
+        artifact = job.artifact
+        offset = min(job.offset, self.flash.size(jr.DOWNLOAD))
+        if offset:
+            job = jr.store(self.flash, job.advance(resumes=job.resumes + 1, offset=offset))
+            self.reporter.event("download_resumed", target=job.version, offset=offset, length=artifact.length)
+        url = f"/artifacts/{artifact.sha256}"
+        with self.flash.open_at(jr.DOWNLOAD, offset) as part:
+            def fetch() -> None:
+                nonlocal job
+                for chunk in self.transport.open_range(url, part.position, artifact.length):
+                    chunk = chunk[: artifact.length - part.position]
+                    part.write(chunk)
+                    part.sync()
+                    job = jr.store(self.flash, job.advance(offset=part.position))
+                    self.reporter.state("downloading", target=job.version, offset=part.position,
+                                        length=artifact.length, progress=round(part.position / artifact.length, 4))
+                    if part.position >= artifact.length:
+                        return
+                if part.position < artifact.length:
+                    raise TransportError(f"transfer ended at byte {part.position} of {artifact.length}")
+            self._with_retries("download", fetch)
+        data = self.flash.read(jr.DOWNLOAD) or b""
+        digest = hashlib.sha256(data).hexdigest()
+        if len(data) != artifact.length or digest != artifact.sha256:
+            jr.clear(self.flash)
+            raise UpdateFailed(f"downloaded {artifact.kind} {artifact.name} is {len(data)} bytes with SHA-256 "
+                               f"{digest[:16]}, but the signed manifest says {artifact.length} bytes, "
+                               f"{artifact.sha256[:16]}: discarded; the server holds a bad artifact")
+        self.reporter.event("downloaded", target=job.version, length=artifact.length, resumes=job.resumes)
+        return jr.store(self.flash, job.advance(phase="install"))
+
+    def _install(self, job: jr.Journal, manifest: Manifest) -> str:
+        target = job.target_slot
+        if target == self.running.slot:
+            raise UpdateFailed(f"refusing to write slot {target}: it holds the running image")
+        artifact = job.artifact
+        self.reporter.state("installing", target=job.version, slot=target)
+        if artifact.kind == "delta" and artifact.base_sha256 != self.running.sha256:
+            jr.clear(self.flash)
+            raise UpdateFailed("delta base does not match the running image; check again for a full image")
+        chunks = self.patcher(str(self.flash.path(slot_file(self.running.slot))), str(self.flash.path(jr.DOWNLOAD)),
+                              artifact.encoding if artifact.kind == "delta" else "", manifest.image.length)
+        try:
+            with self.flash.open_at(slot_file(target), 0) as slot:
+                for chunk in chunks:
+                    slot.write(chunk)
+                slot.sync()
+        except UpdateFailed:
+            jr.clear(self.flash)
+            raise
+        image = self.flash.read(slot_file(target)) or b""
+        problem = ""
+        if hashlib.sha256(image).hexdigest() != manifest.image.sha256 or len(image) != manifest.image.length:
+            problem = "the installed image does not match the signed length and SHA-256"
+        else:
+            try:
+                header = verify_image(image, self.verifier)
+                if (header.version, header.hardware) != (manifest.version, manifest.hardware):
+                    problem = f"image header says {header.version} for {header.hardware}, manifest differs"
+            except ImageError as exc:
+                problem = str(exc)
+        if problem:
+            jr.clear(self.flash)
+            raise UpdateFailed(f"installed {manifest.version} failed verification ({problem}); "
+                               "slot left unbootable, running image kept")
+        self.bootctl.store(staged(self._boot_state(), target))
+        self.reporter.event("staged", target=job.version, slot=target)
+        self.reporter.state("rebooting", target=job.version, slot=target)
+        raise Reboot(f"boot {manifest.version} from slot {target} on trial")
+
+    # -- helpers
+    def _boot_state(self) -> BootState:
+        state = self.bootctl.load()
+        if state is None:
+            raise RuntimeError("boot-control record vanished while running")
+        return state
+
+    def _verify(self, document: bytes) -> Manifest:
+        state = self._boot_state()
+        try:
+            manifest = verify_manifest(document, self.verifier, hardware=self.config.hardware,
+                                       running_version=self.running.version,
+                                       security_counter=state.security_counter)
+        except ManifestError as exc:
+            raise UpdateFailed(f"manifest rejected: {exc}") from None
+        if manifest.image.sha256 in self._quarantined():
+            raise UpdateFailed(f"release {manifest.version} rolled back on this device before and is "
+                               "quarantined here; publish a fixed release with a new version")
+        return manifest
+
+    def _manifest_of(self, job: jr.Journal, *, verify: bool) -> Manifest:
+        document = job.manifest.encode()
+        return self._verify(document) if verify else parse_manifest(document)
+
+    def _with_retries(self, what: str, action: Callable[[], object]):
+        delay = self.config.backoff_s
+        for attempt in range(1, self.config.retries + 1):
+            try:
+                return action()
+            except TransportError as exc:
+                if attempt == self.config.retries:
+                    raise UpdateFailed(f"{what} failed {attempt} times, last: {exc}; the journal keeps "
+                                       "the progress, send the update command again to resume") from None
+                self.reporter.event("retry", what=what, attempt=attempt, reason=str(exc), delay_s=delay)
+                self.sleep(delay)
+                delay = min(delay * 2, self.config.backoff_max_s)
+        raise AssertionError("unreachable")
+
+    def _quarantined(self) -> list[str]:
+        raw = self.flash.read(QUARANTINE)
+        return json.loads(raw) if raw else []
+
+    def _quarantine(self, sha256: str) -> None:
+        entries = self._quarantined()
+        if sha256 not in entries:
+            self.flash.replace(QUARANTINE, json.dumps(entries + [sha256]).encode())

@@ -1,0 +1,128 @@
+"""The simulated firmware: what runs once the bootloader has verified and chosen a slot.
+
+Its behaviour comes from the signed image header (good, crash at boot, hang, failing
+self-test, crash after N seconds), so bad releases are real and rollback is demonstrable.
+A good firmware joins the broker, confirms a trial boot after its health check, and serves
+update commands through the update engine.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import asdict
+
+import requests
+
+from ..durable import Flash
+from ..image import Behaviour
+from ..signing import Verifier
+from .bootctl import BootControl
+from .bootloader import BootPlan
+from .config import DeviceConfig
+from .engine import EngineConfig, Reboot, UpdateEngine
+from .link import MqttLink
+from .patcher import sandboxed_patcher
+from .transport import HttpTransport
+
+log = logging.getLogger("fotalab.device")
+CRASH_EXIT = 1
+REBOOT_EXIT = 3
+
+
+def kick_watchdog_forever(fd: int) -> None:
+    while True:
+        try:
+            os.write(fd, b".")
+        except OSError:
+            return
+        time.sleep(1.0)
+
+
+def health_check(config: DeviceConfig, behaviour: Behaviour, link: MqttLink) -> str | None:
+    """None when the trial image may be committed, else why not."""
+    if behaviour is Behaviour.SELFTEST_FAIL:
+        return "self-test failed (firmware reports a faulty peripheral)"
+    deadline = time.monotonic() + config.health_timeout_s
+    if not link.connected.wait(config.health_timeout_s):
+        return f"could not reach the MQTT broker within {config.health_timeout_s:.0f} s"
+    while True:
+        try:
+            if requests.get(f"{config.server_url}/healthz", timeout=5).ok:
+                break
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            return f"could not reach the update server within {config.health_timeout_s:.0f} s"
+        time.sleep(1)
+    soak_end = time.monotonic() + config.trial_soak_s
+    while time.monotonic() < soak_end:   # a firmware that crashes early dies here, unconfirmed
+        time.sleep(0.2)
+    return None
+
+
+def run(config: DeviceConfig, flash: Flash, plan: BootPlan, verifier: Verifier, reset_reason: str) -> int:
+    """Run the firmware in the booted slot; returns the exit code for the supervisor."""
+    running = plan.boot
+    header = running.header
+    log.info("firmware %s (%s) running from slot %s", header.version, header.behaviour.label, running.slot)
+    if header.behaviour is Behaviour.CRASH_AT_BOOT:
+        log.error("firmware %s crashed at boot", header.version)
+        return CRASH_EXIT
+    if header.behaviour is Behaviour.HANG:
+        log.error("firmware %s hangs: no watchdog kicks from here on", header.version)
+        threading.Event().wait()
+    watchdog = os.environ.get("FOTA_WATCHDOG_FD")
+    if watchdog:
+        threading.Thread(target=kick_watchdog_forever, args=(int(watchdog),), daemon=True).start()
+    if header.behaviour is Behaviour.CRASH_AFTER:
+        threading.Timer(header.behaviour_arg, lambda: os._exit(CRASH_EXIT)).start()
+
+    bootctl = BootControl(flash)
+    commands: queue.Queue[dict] = queue.Queue()
+
+    def describe() -> dict:
+        state = bootctl.load()
+        fields = {"version": header.version, "slot": running.slot, "image_sha256": running.sha256,
+                  "hardware": config.hardware, "verified": True,
+                  "confirmed": bool(state and state.confirmed),
+                  "security_counter": state.security_counter if state else None}
+        if state and state.rollback:
+            fields["last_rollback"] = asdict(state.rollback)
+        return fields
+
+    link = MqttLink(config.device_id, config.mqtt_host, config.mqtt_port, on_command=commands.put,
+                    describe=describe, username=config.mqtt_username, password=config.mqtt_password)
+    link.start()
+    engine = UpdateEngine(
+        EngineConfig(config.device_id, config.hardware, chunk_size=config.chunk_size),
+        flash, running, verifier,
+        HttpTransport(config.server_url, timeout_s=config.http_timeout_s, chunk_size=config.chunk_size),
+        link, sandboxed_patcher(memory_mb=config.patch_memory_mb, timeout_s=config.patch_timeout_s,
+                                chunk_size=config.chunk_size))
+    try:
+        link.event("booted", reset_reason=reset_reason, boot=plan.message)
+        outcome = engine.resume()
+        if outcome == "trial":
+            link.state("trial")
+            problem = health_check(config, header.behaviour, link)
+            if problem:
+                engine.reject_trial(problem)
+            engine.confirm()
+        elif outcome in ("idle", "failed"):
+            link.state("running")
+        while True:
+            command = commands.get()
+            action = command.get("cmd")
+            if action in ("update", "check"):
+                engine.check()
+            elif action == "report":
+                link.state("running")
+            else:
+                log.warning("ignoring unknown command %r", action)
+    except Reboot as reason:
+        log.info("rebooting: %s", reason)
+        link.stop()
+        return REBOOT_EXIT

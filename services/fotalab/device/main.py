@@ -1,0 +1,140 @@
+"""`fota-device`: the device's power supply and reset circuit, its bootloader, and an inspector.
+
+    fota-device run      supervisor (container PID 1): boots the firmware in a child process,
+                         restarts it on reboot, crash or watchdog timeout, as a reset would
+    fota-device boot     one boot: the bootloader step, then the firmware of the chosen slot
+    fota-device inspect  print the flash state (boot record copies, slots, journal) as JSON
+
+`docker kill` kills the supervisor and child together: a power cut, not a reset.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+
+from ..durable import Flash
+from ..signing import Verifier
+from . import journal as jr
+from .bootctl import COPIES, BootControl, BootState, SLOTS
+from .bootloader import TRUST_ANCHOR, boot, check_slot
+from .config import DeviceConfig
+from .firmware import REBOOT_EXIT, run
+
+HALT_EXIT = 4
+log = logging.getLogger("fotalab.device")
+
+
+def open_flash(config: DeviceConfig) -> Flash:
+    return Flash(config.flash_dir, writeback=config.flash_writeback, fault=config.flash_fault,
+                 oplog=config.flash_oplog)
+
+
+def boot_once(config: DeviceConfig) -> int:
+    flash = open_flash(config)
+    reset_reason = os.environ.get("FOTA_RESET_REASON", "power-on")
+    plan, verifier = boot(flash, factory_image=config.factory_image, trust_anchor=config.trust_anchor,
+                          limit=config.boot_limit, reset_reason=reset_reason)
+    log.info("bootloader: %s", plan.message)
+    if plan.boot is None:
+        log.critical("BRICKED: %s", plan.message)
+        return HALT_EXIT
+    return run(config, flash, plan, verifier, reset_reason)
+
+
+def supervise(config: DeviceConfig) -> int:
+    os.environ["FOTA_SUPERVISOR_PID"] = str(os.getpid())
+    child: subprocess.Popen | None = None
+
+    def shutdown(signum, frame) -> None:
+        if child and child.poll() is None:
+            child.kill()
+        sys.exit(0)
+    signal.signal(signal.SIGTERM, shutdown)
+    signal.signal(signal.SIGINT, shutdown)
+
+    reason = "power-on"
+    while True:
+        read_end, write_end = os.pipe()
+        env = {**os.environ, "FOTA_WATCHDOG_FD": str(write_end), "FOTA_RESET_REASON": reason}
+        child = subprocess.Popen([sys.executable, "-m", "fotalab.device.main", "boot"], env=env,
+                                 pass_fds=(write_end,))
+        os.close(write_end)
+        reason = watch(child, read_end, config.watchdog_s)
+        os.close(read_end)
+        if reason == "halt":
+            log.critical("device halted: no bootable image; power-cycle after repair")
+            signal.pause()
+        log.warning("reset: %s", reason)
+        if reason != "software reboot":
+            time.sleep(config.reset_delay_s)
+
+
+def watch(child: subprocess.Popen, kicks: int, watchdog_s: float) -> str:
+    """Wait for the child to exit or to miss the watchdog; returns the reset reason."""
+    while True:
+        ready, _, _ = select.select([kicks], [], [], watchdog_s)
+        if not ready:
+            child.kill()
+            child.wait()
+            return f"watchdog: no kick for {watchdog_s:.0f} s"
+        if not os.read(kicks, 4096):   # the child closed its end: it exited
+            code = child.wait()
+            if code == REBOOT_EXIT:
+                return "software reboot"
+            if code == HALT_EXIT:
+                return "halt"
+            return f"crash (exit {code})"
+
+
+def inspect(config: DeviceConfig) -> dict:
+    """The device's flash as its own bootloader sees it (read-only)."""
+    flash = Flash(config.flash_dir)
+    control = BootControl(flash)
+    anchor = flash.read(TRUST_ANCHOR)
+    state = control.load()
+    report: dict = {
+        "device": config.device_id,
+        "boot_copies": [dataclasses.asdict(s) if s else None for s in control.copies()],
+        "boot": dataclasses.asdict(state) if state else None,
+        "journal": dataclasses.asdict(job) if (job := jr.load(flash)) else None,
+        "slots": {},
+    }
+    if report["journal"]:
+        report["journal"].pop("manifest")
+    for slot in SLOTS:
+        if anchor:
+            check = check_slot(flash, slot, Verifier(anchor))
+            report["slots"][slot] = {"version": check.version, "sha256": check.sha256,
+                                     "verified": not check.error, "error": check.error}
+    running = report["slots"].get(state.active) if state else None
+    report["running"] = {"slot": state.active, **running} if running else None
+    report["bootable"] = bool(running and running["verified"])
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fota-device", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", nargs="?", default="run", choices=("run", "boot", "inspect"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    config = DeviceConfig.from_env()
+    if args.command == "inspect":
+        print(json.dumps(inspect(config), indent=2))
+        return 0
+    if args.command == "boot":
+        return boot_once(config)
+    return supervise(config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
