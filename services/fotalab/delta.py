@@ -1,0 +1,1007 @@
+"""Delta encodings for firmware images.
+
+Every encoding turns ``(old, new)`` into bytes from which ``new`` is rebuilt given ``old``.
+Generation (``candidates`` / ``best_delta``) runs on the signer; ``apply_delta`` /
+``apply_delta_to`` run on the device and treat their input as hostile: any malformed,
+truncated or bit-flipped delta raises :class:`DeltaError`, the output never exceeds the size
+declared in the delta nor ``max_output``, and memory stays bounded (decoder dictionaries are
+capped by the declared output size, output is produced in chunks of ``CHUNK`` bytes).
+
+Encodings (see docs/deltas.md for the figures):
+
+``bsdiff4``
+    The plain BSDIFF40 format of the ``bsdiff4`` package (three bz2 streams). Parsed and applied
+    here in Python, never handed to the C patcher, so crafted control values cannot hurt.
+``bsdiff-lzma``
+    bsdiff's control/diff/extra streams, control re-encoded as varints, each stream compressed
+    with raw LZMA2 (tuned literal/position bits) in the versioned ``FOTD`` container.
+``thumb-lzma`` / ``aarch64-lzma``
+    As ``bsdiff-lzma`` but the diff is taken against a *relocated* old image: every
+    PC-relative call/branch (Thumb-2 BL/B.W; AArch64 BL/B, ADRP+ADD/LDR/STR) and every
+    absolute code pointer (literal pools, vector and pointer tables) of the old image is
+    rewritten to where its target moved in the new image. The move map is derived from the
+    control stream itself (old offset -> shift of the long matches that cover it), so it costs
+    no bytes; the pointer base address travels in the header. Moved code then differs only
+    where it really changed, the same idea as xz's BCJ filters and detools' data formats.
+``full-lzma``
+    The whole new image compressed with raw LZMA2 (optionally behind xz's ARM-Thumb BCJ
+    filter). ``old`` is ignored.
+"""
+
+from __future__ import annotations
+
+import bisect
+import bz2
+import lzma
+import re
+import struct
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+__all__ = [
+    "CHUNK",
+    "Delta",
+    "DeltaError",
+    "ENCODINGS",
+    "FORMAT_VERSION",
+    "MAGIC",
+    "apply_delta",
+    "apply_delta_to",
+    "best_delta",
+    "candidates",
+    "encode",
+]
+
+
+class DeltaError(ValueError):
+    """A delta that cannot be applied; the message says what was wrong and what to do."""
+
+
+@dataclass(frozen=True)
+class Delta:
+    encoding: str
+    data: bytes
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+MAGIC = b"FOTD"
+FORMAT_VERSION = 1
+CHUNK = 1 << 16  # output is produced and written in pieces of at most this many bytes
+
+_ENC_IDS = {"bsdiff-lzma": 1, "thumb-lzma": 2, "aarch64-lzma": 3, "full-lzma": 4}
+_ID_ENCS = {v: k for k, v in _ENC_IDS.items()}
+ENCODINGS: tuple[str, ...] = ("bsdiff4", "bsdiff-lzma", "thumb-lzma", "aarch64-lzma", "full-lzma")
+_ARCHS = {"thumb-lzma": "thumb", "aarch64-lzma": "aarch64"}
+
+_MAX_DICT = 1 << 26  # hard cap of any LZMA2 dictionary a delta may ask for
+_MAX_CTRL_BYTES = 30  # upper bound of one varint-encoded control tuple
+_DEFAULT_MINSEG = 24  # matches shorter than this do not define the move map
+_BCJ_NONE, _BCJ_ARMTHUMB = 0, 1
+
+
+def _fail(what: str) -> DeltaError:
+    return DeltaError(
+        f"{what}; the delta is corrupt or was made for another base image "
+        "- discard it and download it again, or fall back to the full image"
+    )
+
+
+# --------------------------------------------------------------------------- varints
+
+
+def _uvarint(n: int) -> bytes:
+    if n < 0:
+        raise ValueError("uvarint of a negative number")
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _svarint(n: int) -> bytes:
+    return _uvarint((n << 1) ^ (n >> 63) if n < 0 else n << 1) if -(1 << 62) < n < (1 << 62) else _big(n)
+
+
+def _big(n: int) -> bytes:  # pragma: no cover - offsets never get this large
+    raise ValueError(f"offset {n} out of range")
+
+
+class _Cursor:
+    """Bounded reader over a bytes-like object; every overrun is a DeltaError."""
+
+    __slots__ = ("buf", "pos", "end", "what")
+
+    def __init__(self, buf, pos: int = 0, end: int | None = None, what: str = "header") -> None:
+        self.buf = buf
+        self.pos = pos
+        self.end = len(buf) if end is None else end
+        self.what = what
+
+    def take(self, n: int) -> bytes:
+        if n < 0 or self.pos + n > self.end:
+            raise _fail(f"truncated {self.what}")
+        b = bytes(self.buf[self.pos:self.pos + n])
+        self.pos += n
+        return b
+
+    def uvarint(self, limit: int = 1 << 63) -> int:
+        shift = 0
+        value = 0
+        for _ in range(10):
+            if self.pos >= self.end:
+                raise _fail(f"truncated {self.what}")
+            b = self.buf[self.pos]
+            self.pos += 1
+            value |= (b & 0x7F) << shift
+            if not b & 0x80:
+                if value > limit:
+                    raise _fail(f"value {value} out of range in {self.what}")
+                return value
+            shift += 7
+        raise _fail(f"overlong varint in {self.what}")
+
+    def svarint(self, limit: int = 1 << 62) -> int:
+        u = self.uvarint(limit << 1 | 1)
+        return (u >> 1) ^ -(u & 1)
+
+
+# --------------------------------------------------------------------------- byte arithmetic
+
+
+_mask_cache: dict[int, tuple[int, int]] = {}
+
+
+def _masks(n: int) -> tuple[int, int]:
+    m = _mask_cache.get(n)
+    if m is None:
+        hi = int.from_bytes(b"\x80" * n, "little")
+        lo = int.from_bytes(b"\x7f" * n, "little")
+        m = (hi, lo)
+        if n in (CHUNK, 4096) or len(_mask_cache) < 8:
+            _mask_cache[n] = m
+    return m
+
+
+def _add_bytes(a: bytes, b: bytes) -> bytes:
+    """Bytewise (a + b) mod 256 of two equal-length strings (SWAR on Python ints)."""
+    n = len(a)
+    if n == 0:
+        return b""
+    hi, lo = _masks(n)
+    x = int.from_bytes(a, "little")
+    y = int.from_bytes(b, "little")
+    return (((x & lo) + (y & lo)) ^ ((x ^ y) & hi)).to_bytes(n, "little")
+
+
+def _sub_bytes(a: bytes, b: bytes) -> bytes:
+    """Bytewise (a - b) mod 256 of two equal-length strings."""
+    n = len(a)
+    if n == 0:
+        return b""
+    hi, lo = _masks(n)
+    x = int.from_bytes(a, "little")
+    y = int.from_bytes(b, "little")
+    return (((x | hi) - (y & lo)) ^ ((x ^ y ^ hi) & hi)).to_bytes(n, "little")
+
+
+def _old_slice(old, a: int, b: int) -> bytes:
+    """old[a:b] with bytes outside the image read as zero (bspatch semantics)."""
+    n = len(old)
+    if a >= 0 and b <= n:
+        return bytes(old[a:b])
+    lo, hi = max(a, 0), min(b, n)
+    if lo >= hi:
+        return bytes(b - a)
+    return bytes(lo - a) + bytes(old[lo:hi]) + bytes(b - hi)
+
+
+# --------------------------------------------------------------------------- move map
+
+
+class _MoveMap:
+    """Old offset -> shift (new - old) derived from the long matches of a control stream."""
+
+    __slots__ = ("starts", "shifts")
+
+    def __init__(self, segs: list[tuple[int, int]]) -> None:
+        segs.sort(key=lambda s: s[0])
+        starts: list[int] = []
+        shifts: list[int] = []
+        for start, shift in segs:
+            if starts and starts[-1] == start:
+                continue  # first match of a start wins
+            if shifts and shifts[-1] == shift:
+                continue  # same shift continues
+            starts.append(start)
+            shifts.append(shift)
+        self.starts = starts
+        self.shifts = shifts
+
+    @classmethod
+    def from_controls(cls, controls, minseg: int) -> "_MoveMap":
+        segs = []
+        oldpos = newpos = 0
+        for x, y, z in controls:
+            if x >= minseg:
+                segs.append((oldpos, newpos - oldpos))
+            newpos += x + y
+            oldpos += x + z
+        return cls(segs)
+
+    def shift(self, t: int) -> int:
+        if not self.starts:
+            return 0
+        i = bisect.bisect_right(self.starts, t) - 1
+        return self.shifts[i if i >= 0 else 0]
+
+
+# --------------------------------------------------------------------------- relocation filters
+
+# Thumb-2 BL / B.W (T4): hw1 = 11110 S imm10, hw2 = 1 x J1 1 J2 imm11 (x=1: BL, x=0: B.W).
+_THUMB_BL = re.compile(rb"(?=[\x00-\xff][\xf0-\xf7][\x00-\xff][\x90-\x9f\xb0-\xbf\xd0-\xdf\xf0-\xff])")
+# AArch64 B/BL (000101/100101) and ADRP (1xx10000), matched on the most significant byte.
+_A64_TOP = re.compile(rb"[\x14-\x17\x94-\x97\x90\xb0\xd0\xf0]")
+
+
+def _thumb_bl_match(old, p: int) -> bool:
+    if p < 0 or p + 4 > len(old):
+        return False
+    return (old[p + 1] & 0xF8) == 0xF0 and (old[p + 3] & 0xD0) in (0x90, 0xD0)
+
+
+def _thumb_bl_decode(old, p: int) -> int:
+    hw1 = old[p] | old[p + 1] << 8
+    hw2 = old[p + 2] | old[p + 3] << 8
+    s = (hw1 >> 10) & 1
+    i1 = 1 ^ ((hw2 >> 13) & 1) ^ s
+    i2 = 1 ^ ((hw2 >> 11) & 1) ^ s
+    off = (s << 24) | (i1 << 23) | (i2 << 22) | ((hw1 & 0x3FF) << 12) | ((hw2 & 0x7FF) << 1)
+    if s:
+        off -= 1 << 25
+    return off
+
+
+def _thumb_bl_encode(old, p: int, off: int) -> bytes | None:
+    if off & 1 or not -(1 << 24) <= off < (1 << 24):
+        return None
+    hw1 = old[p] | old[p + 1] << 8
+    hw2 = old[p + 2] | old[p + 3] << 8
+    v = off & ((1 << 25) - 1)
+    s = v >> 24
+    i1 = (v >> 23) & 1
+    i2 = (v >> 22) & 1
+    j1 = 1 ^ i1 ^ s
+    j2 = 1 ^ i2 ^ s
+    hw1 = (hw1 & 0xF800) | (s << 10) | ((v >> 12) & 0x3FF)
+    hw2 = (hw2 & 0xD000) | (j1 << 13) | (j2 << 11) | ((v >> 1) & 0x7FF)
+    return struct.pack("<HH", hw1, hw2)
+
+
+class _Relocator:
+    """Rewrites the old image's addresses to where they are predicted to be in the new one.
+
+    Field detection is context-free (depends only on a few bytes around each position), so a
+    region gives the same result whether it is processed whole or in chunks, on the signer
+    and on the device alike.
+    """
+
+    def __init__(self, arch: str, old, base: int | None, mm: _MoveMap) -> None:
+        self.arch = arch
+        self.old = old
+        self.base = base
+        self.mm = mm
+        self.n = len(old)
+
+    # ---- Thumb
+    def _thumb_fields(self, a: int, b: int):
+        """Yield (pos, kind) of fields whose bytes overlap [a, b)."""
+        old = self.old
+        lo = max(0, a - 7)
+        hi = min(self.n, b + 7)
+        bl = set()
+        for m in _THUMB_BL.finditer(old, lo, hi):
+            p = m.start()
+            if p & 1 or p + 4 > self.n:
+                continue
+            bl.add(p)
+        out = []
+        for p in sorted(bl):
+            if (p - 2) in bl or (p + 2) in bl:
+                continue  # ambiguous overlapping candidates: leave alone
+            if p + 4 > a and p < b:
+                out.append((p, 0))
+        if self.base is not None:
+            base, top = self.base, self.base + self.n
+            q = (max(0, a - 3) + 3) & ~3
+            end = min(b, self.n - 3)
+            unpack = struct.unpack_from
+            while q < end:
+                v = unpack("<I", old, q)[0]
+                if base <= v <= top:
+                    if not (_thumb_bl_match(old, q - 2) or _thumb_bl_match(old, q)
+                            or _thumb_bl_match(old, q + 2)):
+                        out.append((q, 1))
+                q += 4
+            out.sort()
+        return out
+
+    def _thumb_value(self, p: int, kind: int, s_cur: int) -> bytes | None:
+        old = self.old
+        if kind == 0:
+            off = _thumb_bl_decode(old, p)
+            t = p + 4 + off
+            if not 0 <= t <= self.n:
+                return None
+            t2 = t + self.mm.shift(t)
+            return _thumb_bl_encode(old, p, t2 - (p + s_cur + 4))
+        v = struct.unpack_from("<I", old, p)[0]
+        v2 = (v + self.mm.shift(v - self.base)) & 0xFFFFFFFF
+        return struct.pack("<I", v2)
+
+    # ---- AArch64
+    def _a64_fields(self, a: int, b: int):
+        old = self.old
+        n = self.n
+        out = []
+        lo = max(0, a - 7)
+        for m in _A64_TOP.finditer(old, lo + 3, min(n, b + 7)):
+            p = m.start() - 3
+            if p & 3:
+                continue
+            w = struct.unpack_from("<I", old, p)[0]
+            op = w >> 26
+            if op == 0x05 or op == 0x25:
+                if p + 4 > a and p < b:
+                    out.append((p, 0))
+            elif (w & 0x9F000000) == 0x90000000:
+                size = 4
+                if p + 8 <= n:
+                    w2 = struct.unpack_from("<I", old, p + 4)[0]
+                    if _a64_lo12_kind(w2) and ((w2 >> 5) & 31) == (w & 31):
+                        size = 8
+                if p + size > a and p < b:
+                    out.append((p, 1))
+        if self.base is not None:
+            base, top = self.base, self.base + n
+            q = (max(0, a - 7) + 7) & ~7
+            end = min(b, n - 7)
+            unpack = struct.unpack_from
+            while q < end:
+                v = unpack("<Q", old, q)[0]
+                if base <= v <= top:
+                    out.append((q, 2))
+                q += 8
+            out.sort()
+        return out
+
+    def _a64_value(self, p: int, kind: int, s_cur: int) -> bytes | None:
+        old = self.old
+        w = struct.unpack_from("<I", old, p)[0]
+        if kind == 0:
+            imm = w & 0x3FFFFFF
+            if imm & 0x2000000:
+                imm -= 1 << 26
+            t = p + imm * 4
+            if not 0 <= t <= self.n:
+                return None
+            t2 = t + self.mm.shift(t)
+            d = t2 - (p + s_cur)
+            if d & 3 or not -(1 << 27) <= d < (1 << 27):
+                return None
+            return struct.pack("<I", (w & 0xFC000000) | ((d >> 2) & 0x3FFFFFF))
+        if kind == 1:
+            imm = ((w >> 29) & 3) | (((w >> 5) & 0x7FFFF) << 2)
+            if imm & (1 << 20):
+                imm -= 1 << 21
+            page = (p & ~0xFFF) + (imm << 12)
+            w2 = struct.unpack_from("<I", old, p + 4)[0] if p + 8 <= self.n else 0
+            kind2 = _a64_lo12_kind(w2) if ((w2 >> 5) & 31) == (w & 31) else 0
+            if kind2:
+                scale = kind2 - 1
+                t = page + (((w2 >> 10) & 0xFFF) << scale)
+            else:
+                t = page
+            if not 0 <= t <= self.n:
+                return None
+            t2 = t + self.mm.shift(t)
+            p2 = p + s_cur
+            pages = (t2 >> 12) - (p2 >> 12)
+            if not -(1 << 20) <= pages < (1 << 20):
+                return None
+            pages &= (1 << 21) - 1
+            w_new = (w & 0x9F00001F) | ((pages & 3) << 29) | ((pages >> 2) << 5)
+            if not kind2:
+                return struct.pack("<I", w_new)
+            lo12 = t2 & 0xFFF
+            if lo12 & ((1 << scale) - 1):
+                return struct.pack("<I", w_new) + struct.pack("<I", w2)
+            w2_new = (w2 & 0xFFC003FF) | ((lo12 >> scale) << 10)
+            return struct.pack("<II", w_new, w2_new)
+        v = struct.unpack_from("<Q", old, p)[0]
+        v2 = (v + self.mm.shift(v - self.base)) & 0xFFFFFFFFFFFFFFFF
+        return struct.pack("<Q", v2)
+
+    def region(self, a: int, b: int, s_cur: int) -> bytes:
+        """old'[a:b]: old with addresses predicted for a region that lands at a + s_cur."""
+        raw = _old_slice(self.old, a, b)
+        if b <= 0 or a >= self.n:
+            return raw
+        if self.arch == "thumb":
+            fields = self._thumb_fields(a, b)
+            value = self._thumb_value
+        else:
+            fields = self._a64_fields(a, b)
+            value = self._a64_value
+        if not fields:
+            return raw
+        buf = bytearray(raw)
+        for p, kind in fields:
+            enc = value(p, kind, s_cur)
+            if enc is None:
+                continue
+            lo = max(p, a)
+            hi = min(p + len(enc), b)
+            if lo < hi:
+                buf[lo - a:hi - a] = enc[lo - p:hi - p]
+        return bytes(buf)
+
+
+def _a64_lo12_kind(w2: int) -> int:
+    """1 + log2(scale) for ADD/LDR/STR with a 12-bit unsigned immediate, 0 otherwise."""
+    if (w2 & 0xFFC00000) == 0x91000000:  # ADD Xd, Xn, #imm12
+        return 1
+    top = w2 & 0xFFC00000
+    if top in (0xF9400000, 0xF9000000):  # LDR/STR Xt, [Xn, #imm12*8]
+        return 4
+    if top in (0xB9400000, 0xB9000000):  # LDR/STR Wt, [Xn, #imm12*4]
+        return 3
+    if top in (0x39400000, 0x39000000):  # LDRB/STRB
+        return 1
+    return 0
+
+
+# --------------------------------------------------------------------------- LZMA helpers
+
+_LZMA_PROPS = ((3, 0, 2), (0, 0, 0), (1, 1, 1), (0, 2, 2), (3, 1, 1), (0, 1, 1))
+
+
+def _lzma(data: bytes, bcj: int = _BCJ_NONE, tune: bool = True) -> tuple[int, bytes]:
+    """Raw LZMA2 of ``data``; returns (dict_size, stream). Tries a few lc/lp/pb settings."""
+    dict_size = max(4096, (len(data) + 4095) & ~4095)
+    best = None
+    props = _LZMA_PROPS if tune else _LZMA_PROPS[:1]
+    for lc, lp, pb in props:
+        filters = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME,
+                    "dict_size": dict_size, "lc": lc, "lp": lp, "pb": pb}]
+        if bcj == _BCJ_ARMTHUMB:
+            filters.insert(0, {"id": lzma.FILTER_ARMTHUMB})
+        out = lzma.compress(data, format=lzma.FORMAT_RAW, filters=filters)
+        if best is None or len(out) < len(best):
+            best = out
+    return dict_size, best
+
+
+class _LzmaReader:
+    """Incremental raw-LZMA2 reader: read(n) returns exactly n bytes or raises DeltaError."""
+
+    def __init__(self, stream: bytes, dict_size: int, what: str, bcj: int = _BCJ_NONE) -> None:
+        filters = [{"id": lzma.FILTER_LZMA2, "dict_size": dict_size}]
+        if bcj == _BCJ_ARMTHUMB:
+            filters.insert(0, {"id": lzma.FILTER_ARMTHUMB})
+        try:
+            self._d = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=filters)
+        except (lzma.LZMAError, ValueError) as e:
+            raise _fail(f"bad {what} stream parameters ({e})") from None
+        self._pending = stream
+        self.what = what
+
+    def read(self, n: int) -> bytes:
+        parts = []
+        need = n
+        while need > 0:
+            if self._d.eof:
+                raise _fail(f"{self.what} stream ended early")
+            data, self._pending = self._pending, b""
+            if not data and self._d.needs_input:
+                raise _fail(f"truncated {self.what} stream")
+            try:
+                got = self._d.decompress(data, max_length=need)
+            except (lzma.LZMAError, EOFError) as e:
+                raise _fail(f"corrupt {self.what} stream ({e})") from None
+            if got:
+                parts.append(got)
+                need -= len(got)
+        return b"".join(parts)
+
+    def finish(self) -> None:
+        if not self._d.eof:
+            try:
+                rest = self._d.decompress(self._pending, max_length=1)
+            except (lzma.LZMAError, EOFError) as e:
+                raise _fail(f"corrupt {self.what} stream ({e})") from None
+            self._pending = b""
+            if rest or not self._d.eof:
+                raise _fail(f"{self.what} stream has more data than the control stream uses")
+        if self._d.unused_data or self._pending:
+            raise _fail(f"trailing bytes after the {self.what} stream")
+
+
+class _Bz2Reader:
+    def __init__(self, stream: bytes, what: str) -> None:
+        self._d = bz2.BZ2Decompressor()
+        self._pending = stream
+        self.what = what
+
+    def read(self, n: int) -> bytes:
+        parts = []
+        need = n
+        while need > 0:
+            if self._d.eof:
+                raise _fail(f"bz2 {self.what} stream ended early")
+            data, self._pending = self._pending, b""
+            if not data and self._d.needs_input:
+                raise _fail(f"truncated bz2 {self.what} stream")
+            try:
+                got = self._d.decompress(data, max_length=need)
+            except (OSError, EOFError, ValueError) as e:
+                raise _fail(f"corrupt bz2 {self.what} stream ({e})") from None
+            if got:
+                parts.append(got)
+                need -= len(got)
+        return b"".join(parts)
+
+
+# --------------------------------------------------------------------------- the patch engine
+
+
+def _run(old, controls: Iterator[tuple[int, int, int]], diff, extra, new_size: int,
+         write: Callable[[bytes], None], reloc: "_Relocator | None") -> None:
+    """Apply bsdiff-style controls; every value was range-checked by the caller's iterator."""
+    oldpos = newpos = 0
+    for x, y, z in controls:
+        if x < 0 or y < 0 or newpos + x + y > new_size:
+            raise _fail(f"control tuple ({x}, {y}, {z}) runs past the declared output size")
+        shift = newpos - oldpos
+        done = 0
+        while done < x:
+            k = min(CHUNK, x - done)
+            d = diff.read(k)
+            a = oldpos + done
+            base = reloc.region(a, a + k, shift) if reloc is not None else _old_slice(old, a, a + k)
+            write(_add_bytes(base, d))
+            done += k
+        newpos += x
+        oldpos += x
+        done = 0
+        while done < y:
+            k = min(CHUNK, y - done)
+            write(extra.read(k))
+            done += k
+        newpos += y
+        oldpos += z
+        if not -(1 << 40) < oldpos < (1 << 40):
+            raise _fail("control stream seeks far outside the old image")
+    if newpos != new_size:
+        raise _fail(f"control stream produces {newpos} bytes, the header declares {new_size}")
+
+
+def _checked_write(write: Callable[[bytes], None], limit: int) -> Callable[[bytes], None]:
+    total = 0
+
+    def w(chunk: bytes) -> None:
+        nonlocal total
+        total += len(chunk)
+        if total > limit:  # defensive: _run already bounds the output
+            raise _fail("output exceeds the declared size")
+        write(chunk)
+
+    return w
+
+
+def _decode_int64(b: bytes) -> int:
+    v = int.from_bytes(b, "little")
+    if v & (1 << 63):
+        return -(v & ((1 << 63) - 1))
+    return v
+
+
+def _apply_bsdiff4(old, data: bytes, write, max_output: int) -> None:
+    c = _Cursor(data, what="bsdiff4 header")
+    if c.take(8) != b"BSDIFF40":
+        raise _fail("not a BSDIFF40 patch (bad magic)")
+    len_ctrl = _decode_int64(c.take(8))
+    len_diff = _decode_int64(c.take(8))
+    new_size = _decode_int64(c.take(8))
+    if new_size < 0 or len_ctrl < 0 or len_diff < 0:
+        raise _fail("negative length in bsdiff4 header")
+    if new_size > max_output:
+        raise DeltaError(f"delta declares {new_size} output bytes, more than the allowed {max_output}")
+    if 32 + len_ctrl + len_diff > len(data):
+        raise _fail("truncated bsdiff4 patch")
+    ctrl_bytes_max = 24 * (new_size + 1)
+    cr = _Bz2Reader(data[32:32 + len_ctrl], "control")
+    dr = _Bz2Reader(data[32 + len_ctrl:32 + len_ctrl + len_diff], "diff")
+    er = _Bz2Reader(data[32 + len_ctrl + len_diff:], "extra")
+
+    def controls():
+        produced = 0
+        while True:
+            if cr._d.eof:
+                return
+            if cr._pending == b"" and cr._d.needs_input:
+                return
+            try:
+                chunk = cr._d.decompress(cr._pending, max_length=24)
+            except (OSError, EOFError, ValueError) as e:
+                raise _fail(f"corrupt bz2 control stream ({e})") from None
+            cr._pending = b""
+            while len(chunk) < 24 and not cr._d.eof and not cr._d.needs_input:
+                more = cr._d.decompress(b"", max_length=24 - len(chunk))
+                if not more:
+                    break
+                chunk += more
+            if not chunk:
+                if cr._d.eof:
+                    return
+                raise _fail("truncated bz2 control stream")
+            if len(chunk) != 24:
+                raise _fail("bsdiff4 control block is not a whole number of tuples")
+            produced += 24
+            if produced > ctrl_bytes_max:
+                raise _fail("bsdiff4 control block is longer than any valid one")
+            yield (_decode_int64(chunk[0:8]), _decode_int64(chunk[8:16]), _decode_int64(chunk[16:24]))
+
+    _run(old, controls(), dr, er, new_size, _checked_write(write, new_size), None)
+
+
+def _parse_header(data: bytes, encoding: str, old_len: int, max_output: int):
+    if len(data) < 6 or data[:4] != MAGIC:
+        raise _fail(f"not a {MAGIC.decode()} delta container (bad magic)")
+    if data[4] != FORMAT_VERSION:
+        raise DeltaError(
+            f"delta container format version {data[4]} is not supported (this applier knows "
+            f"version {FORMAT_VERSION}); update the updater or ask the server for another encoding")
+    enc = _ID_ENCS.get(data[5])
+    if enc is None:
+        raise DeltaError(f"unknown delta encoding id {data[5]}; update the updater")
+    if enc != encoding:
+        raise _fail(f"delta labelled {encoding!r} holds a {enc!r} payload")
+    c = _Cursor(data, 6)
+    new_size = c.uvarint()
+    if new_size > max_output:
+        raise DeltaError(f"delta declares {new_size} output bytes, more than the allowed {max_output}")
+    return enc, c, new_size
+
+
+def _dict_ok(dict_size: int, bound: int, what: str) -> int:
+    cap = max(4096, (bound + 4095) & ~4095)
+    if dict_size < 4096 or dict_size > cap or dict_size > _MAX_DICT:
+        raise _fail(f"{what} stream asks for a {dict_size}-byte dictionary (allowed 4096..{min(cap, _MAX_DICT)})")
+    return dict_size
+
+
+def apply_delta_to(old: bytes, delta: Delta, write: Callable[[bytes], None], max_output: int) -> int:
+    """Stream the new image to ``write`` in chunks of at most CHUNK bytes; return its length.
+
+    Memory beyond ``old`` and ``delta`` stays bounded: the LZMA dictionaries are capped by the
+    declared output size, and nothing else grows with the image. On error, bytes already
+    written must be discarded by the caller (the device writes into the inactive slot and
+    verifies the hash before use anyway).
+    """
+    if not isinstance(delta, Delta):
+        raise DeltaError("apply_delta needs a Delta")
+    if max_output < 0:
+        raise DeltaError("max_output must not be negative")
+    data = delta.data
+    total = 0
+
+    def counting(chunk: bytes) -> None:
+        nonlocal total
+        total += len(chunk)
+        if total > max_output:
+            raise DeltaError(f"output exceeds max_output={max_output}")
+        write(chunk)
+
+    if delta.encoding == "bsdiff4":
+        _apply_bsdiff4(old, data, counting, max_output)
+        return total
+    if delta.encoding not in _ENC_IDS:
+        raise DeltaError(f"unknown delta encoding {delta.encoding!r}; known: {', '.join(ENCODINGS)}")
+    enc, c, new_size = _parse_header(data, delta.encoding, len(old), max_output)
+    out = _checked_write(counting, new_size)
+    if enc == "full-lzma":
+        bcj = c.uvarint(1)
+        dict_size = _dict_ok(c.uvarint(), new_size, "image")
+        r = _LzmaReader(data[c.pos:], dict_size, "image", bcj)
+        left = new_size
+        while left:
+            k = min(CHUNK, left)
+            out(r.read(k))
+            left -= k
+        r.finish()
+        return total
+    old_size = c.uvarint()
+    if old_size != len(old):
+        raise DeltaError(
+            f"delta was made for a {old_size}-byte base image, this one has {len(old)} bytes; "
+            "ask for a delta from the installed version or for the full image")
+    reloc_base = None
+    minseg = 0
+    arch = _ARCHS.get(enc)
+    if arch:
+        b1 = c.uvarint(1 << 64)
+        reloc_base = None if b1 == 0 else b1 - 1
+        minseg = c.uvarint(1 << 32)
+    n_ctrl = c.uvarint(new_size + 1)
+    ctrl_bound = n_ctrl * _MAX_CTRL_BYTES
+    dicts = (_dict_ok(c.uvarint(), ctrl_bound, "control"),
+             _dict_ok(c.uvarint(), new_size, "diff"),
+             _dict_ok(c.uvarint(), new_size, "extra"))
+    lens = [c.uvarint(len(data)) for _ in range(3)]
+    if c.pos + sum(lens) != len(data):
+        raise _fail(f"stream lengths add up to {c.pos + sum(lens)} bytes, the delta has {len(data)}")
+    p = c.pos
+    streams = []
+    for ln in lens:
+        streams.append(data[p:p + ln])
+        p += ln
+    # The control stream is small (bounded by n_ctrl) and read whole: the move map needs it.
+    cr = _LzmaReader(streams[0], dicts[0], "control")
+    controls = []
+    ctrl_raw = _ControlDecoder(cr, n_ctrl)
+    for _ in range(n_ctrl):
+        controls.append(ctrl_raw.next())
+    cr.finish()
+    dr = _LzmaReader(streams[1], dicts[1], "diff")
+    er = _LzmaReader(streams[2], dicts[2], "extra")
+    reloc = None
+    if arch:
+        reloc = _Relocator(arch, old, reloc_base, _MoveMap.from_controls(controls, minseg))
+    _run(old, iter(controls), dr, er, new_size, out, reloc)
+    dr.finish()
+    er.finish()
+    return total
+
+
+class _ControlDecoder:
+    def __init__(self, reader: _LzmaReader, n: int) -> None:
+        self.r = reader
+        self.buf = b""
+        self.pos = 0
+
+    def _byte(self) -> int:
+        if self.pos >= len(self.buf):
+            self.buf = self.r.read(1)
+            self.pos = 0
+        b = self.buf[self.pos]
+        self.pos += 1
+        return b
+
+    def _uv(self) -> int:
+        shift = value = 0
+        for _ in range(10):
+            b = self._byte()
+            value |= (b & 0x7F) << shift
+            if not b & 0x80:
+                return value
+            shift += 7
+        raise _fail("overlong varint in control stream")
+
+    def next(self) -> tuple[int, int, int]:
+        x = self._uv()
+        y = self._uv()
+        u = self._uv()
+        return x, y, (u >> 1) ^ -(u & 1)
+
+
+def apply_delta(old: bytes, delta: Delta, max_output: int) -> bytes:
+    """Rebuild the new image; raises DeltaError on any malformed delta or if it would exceed
+    ``max_output`` bytes."""
+    out = bytearray()
+    apply_delta_to(old, delta, out.extend, max_output)
+    return bytes(out)
+
+
+# --------------------------------------------------------------------------- encoders
+
+
+def _controls_from_core(ctrl: bytes) -> list[tuple[int, int, int]]:
+    vals = [_decode_int64(ctrl[i:i + 8]) for i in range(0, len(ctrl), 8)]
+    return [(vals[i], vals[i + 1], vals[i + 2]) for i in range(0, len(vals), 3)]
+
+
+def _bsdiff_core(old: bytes, new: bytes):
+    import bsdiff4.core
+
+    ctrl, diff, extra = bsdiff4.core.diff(old, new)
+    return _controls_from_core(ctrl), diff, extra
+
+
+def _container(enc: str, new_size: int, fields: list[int], streams: list[tuple[int, bytes]]) -> bytes:
+    head = bytearray(MAGIC)
+    head.append(FORMAT_VERSION)
+    head.append(_ENC_IDS[enc])
+    head += _uvarint(new_size)
+    for f in fields:
+        head += _uvarint(f)
+    for d, _ in streams:
+        head += _uvarint(d)
+    for _, s in streams:
+        head += _uvarint(len(s))
+    return bytes(head) + b"".join(s for _, s in streams)
+
+
+def _pack_streams(enc: str, old: bytes, new: bytes, controls, diff: bytes, extra: bytes,
+                  arch_fields: list[int], tune: bool) -> bytes:
+    ctrl = bytearray()
+    for x, y, z in controls:
+        ctrl += _uvarint(x)
+        ctrl += _uvarint(y)
+        ctrl += _svarint(z)
+    streams = [_lzma(bytes(ctrl), tune=tune), _lzma(diff, tune=tune), _lzma(extra, tune=tune)]
+    return _container(enc, len(new), [len(old), *arch_fields, len(controls)], streams)
+
+
+def _exact_diff(old: bytes, new: bytes, controls, reloc: "_Relocator | None"):
+    """Diff and extra streams that the applier's exact semantics need for these controls."""
+    diff = bytearray()
+    extra = bytearray()
+    oldpos = newpos = 0
+    for x, y, z in controls:
+        shift = newpos - oldpos
+        done = 0
+        while done < x:
+            k = min(CHUNK, x - done)
+            a = oldpos + done
+            base = reloc.region(a, a + k, shift) if reloc is not None else _old_slice(old, a, a + k)
+            diff += _sub_bytes(new[newpos + done:newpos + done + k], base)
+            done += k
+        newpos += x
+        oldpos += x
+        extra += new[newpos:newpos + y]
+        newpos += y
+        oldpos += z
+    return bytes(diff), bytes(extra)
+
+
+def _static_relocated(arch: str, old: bytes, base: int | None, mm: _MoveMap) -> bytes:
+    """Whole old image relocated with the move map alone (to guide the match search)."""
+    r = _Relocator(arch, old, base, mm)
+    out = bytearray()
+    bounds = [s for s in mm.starts if 0 < s < len(old)]
+    edges = [0, *bounds, len(old)]
+    for a, b in zip(edges, edges[1:]):
+        if b > a:
+            out += r.region(a, b, mm.shift(a))
+    return bytes(out)
+
+
+_THUMB_PROLOGUE = re.compile(rb"(?=[\x00-\xff]\xb5|\x2d\xe9)")  # PUSH {..., lr} / PUSH.W
+_A64_PROLOGUE = re.compile(rb"(?=\xfd\x7b[\x00-\xff]\xa9)")  # STP x29, x30, [sp, #-n]!
+
+
+def _guess_base(arch: str, old: bytes) -> int | None:
+    """Load address of the image, or None when no base stands out.
+
+    Votes over 4 KiB-aligned candidates: a base scores one per distinct absolute code pointer
+    that lands on a call target or a function prologue once the base is subtracted.
+    """
+    import collections
+
+    n = len(old)
+    r = _Relocator(arch, old, None, _MoveMap([]))
+    tset = set()
+    if arch == "thumb":
+        for p, _ in r._thumb_fields(0, n):
+            tset.add(p + 4 + _thumb_bl_decode(old, p))
+        tset.update(m.start() for m in _THUMB_PROLOGUE.finditer(old) if not m.start() & 1)
+    else:
+        for p, kind in r._a64_fields(0, n):
+            if kind == 0:
+                imm = struct.unpack_from("<I", old, p)[0] & 0x3FFFFFF
+                tset.add(p + (imm - (1 << 26) if imm & 0x2000000 else imm) * 4)
+        tset.update(m.start() for m in _A64_PROLOGUE.finditer(old) if not m.start() & 3)
+    index: dict[int, list[int]] = collections.defaultdict(list)
+    for t in tset:
+        if 0 <= t < n:
+            index[t & 0xFFF].append(t)
+    if not index:
+        return None
+    votes: dict[int, set] = collections.defaultdict(set)
+    step, fmt = (4, "<I") if arch == "thumb" else (8, "<Q")
+    for q in range(0, n - step + 1, step):
+        v = struct.unpack_from(fmt, old, q)[0]
+        if arch == "thumb":
+            if not v & 1:
+                continue
+            v -= 1
+        if v >= 1 << 40:
+            continue
+        for t in index.get(v & 0xFFF, ()):
+            if v >= t:
+                votes[v - t].add(v)
+    ranked = sorted(((len(s), b) for b, s in votes.items()), reverse=True)[:2] + [(0, None), (0, None)]
+    (c1, b1), (c2, _) = ranked[0], ranked[1]
+    if c1 < 8 or c1 < 3 * c2:
+        return None
+    return b1
+
+
+def _encode_arch(enc: str, old: bytes, new: bytes, first, minseg: int, base: int | None,
+                 tune: bool, passes: int = 2) -> bytes:
+    arch = _ARCHS[enc]
+    controls = first
+    for _ in range(passes):
+        mm = _MoveMap.from_controls(controls, minseg)
+        guide = _static_relocated(arch, old, base, mm)
+        controls, _, _ = _bsdiff_core(guide, new)
+    mm = _MoveMap.from_controls(controls, minseg)
+    reloc = _Relocator(arch, old, base, mm)
+    diff, extra = _exact_diff(old, new, controls, reloc)
+    fields = [0 if base is None else base + 1, minseg]
+    return _pack_streams(enc, old, new, controls, diff, extra, fields, tune)
+
+
+def _encode_full(new: bytes, tune: bool) -> bytes:
+    best = None
+    for bcj in (_BCJ_NONE, _BCJ_ARMTHUMB):
+        d, s = _lzma(new, bcj, tune)
+        head = bytearray(MAGIC)
+        head += bytes((FORMAT_VERSION, _ENC_IDS["full-lzma"]))
+        head += _uvarint(len(new)) + _uvarint(bcj) + _uvarint(d)
+        blob = bytes(head) + s
+        if best is None or len(blob) < len(best):
+            best = blob
+    return best
+
+
+def encode(old: bytes, new: bytes, encoding: str) -> Delta:
+    """One encoding of the pair (see ENCODINGS)."""
+    return {d.encoding: d for d in candidates(old, new, only=(encoding,))}[encoding]
+
+
+def candidates(old: bytes, new: bytes, only: tuple[str, ...] | None = None) -> list[Delta]:
+    """Every encoding tried for this pair (``only`` restricts the set)."""
+    old = bytes(old)
+    new = bytes(new)
+    want = set(ENCODINGS if only is None else only)
+    unknown = want - set(ENCODINGS)
+    if unknown:
+        raise ValueError(f"unknown encodings {sorted(unknown)}")
+    tune = len(new) <= (2 << 20)
+    out: list[Delta] = []
+    ctrl_bytes, diff, extra = None, None, None
+    if want & {"bsdiff4", "bsdiff-lzma", "thumb-lzma", "aarch64-lzma"}:
+        import bsdiff4.core
+
+        ctrl_bytes, diff, extra = bsdiff4.core.diff(old, new)
+        controls = _controls_from_core(ctrl_bytes)
+    if "bsdiff4" in want:
+        import bsdiff4.format
+        import io
+
+        f = io.BytesIO()
+        bsdiff4.format.write_patch(f, len(new), ctrl_bytes, diff, extra)
+        out.append(Delta("bsdiff4", f.getvalue()))
+    if "bsdiff-lzma" in want:
+        out.append(Delta("bsdiff-lzma", _pack_streams("bsdiff-lzma", old, new, controls, diff, extra,
+                                                      [], tune)))
+    for enc in ("thumb-lzma", "aarch64-lzma"):
+        if enc in want:
+            base = _guess_base(_ARCHS[enc], old)
+            out.append(Delta(enc, _encode_arch(enc, old, new, controls, _DEFAULT_MINSEG, base, tune)))
+    if "full-lzma" in want:
+        out.append(Delta("full-lzma", _encode_full(new, tune)))
+    return out
+
+
+def best_delta(old: bytes, new: bytes) -> Delta:
+    """The smallest candidate (the compressed full image included)."""
+    return min(candidates(old, new), key=lambda d: (len(d.data), ENCODINGS.index(d.encoding)))
