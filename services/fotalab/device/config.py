@@ -34,6 +34,11 @@ class DeviceConfig:
     flash_oplog: Path | None = None
 
     @property
+    def alive_file(self) -> Path:
+        """Touched on every watchdog kick; outside the flash, it does not survive power-off."""
+        return Path(f"/tmp/fota-alive-{self.device_id}")
+
+    @property
     def factory_image(self) -> Path:
         return self.factory_dir / f"{self.hardware}.img"
 

@@ -4,6 +4,7 @@
                          restarts it on reboot, crash or watchdog timeout, as a reset would
     fota-device boot     one boot: the bootloader step, then the firmware of the chosen slot
     fota-device inspect  print the flash state (boot record copies, slots, journal) as JSON
+    fota-device alive    exit 0 if the firmware kicked its watchdog lately (container healthcheck)
 
 `docker kill` kills the supervisor and child together: a power cut, not a reset.
 """
@@ -19,16 +20,18 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from ..durable import Flash
 from ..signing import Verifier
 from . import journal as jr
-from .bootctl import COPIES, BootControl, BootState, SLOTS
+from .bootctl import SLOTS, BootControl
 from .bootloader import TRUST_ANCHOR, boot, check_slot
 from .config import DeviceConfig
 from .firmware import REBOOT_EXIT, run
 
 HALT_EXIT = 4
+ALIVE_WITHIN_S = 5.0
 log = logging.getLogger("fotalab.device")
 
 
@@ -67,7 +70,7 @@ def supervise(config: DeviceConfig) -> int:
         child = subprocess.Popen([sys.executable, "-m", "fotalab.device.main", "boot"], env=env,
                                  pass_fds=(write_end,))
         os.close(write_end)
-        reason = watch(child, read_end, config.watchdog_s)
+        reason = watch(child, read_end, config.watchdog_s, config.alive_file)
         os.close(read_end)
         if reason == "halt":
             log.critical("device halted: no bootable image; power-cycle after repair")
@@ -77,7 +80,7 @@ def supervise(config: DeviceConfig) -> int:
             time.sleep(config.reset_delay_s)
 
 
-def watch(child: subprocess.Popen, kicks: int, watchdog_s: float) -> str:
+def watch(child: subprocess.Popen, kicks: int, watchdog_s: float, alive_file: Path) -> str:
     """Wait for the child to exit or to miss the watchdog; returns the reset reason."""
     while True:
         ready, _, _ = select.select([kicks], [], [], watchdog_s)
@@ -85,7 +88,9 @@ def watch(child: subprocess.Popen, kicks: int, watchdog_s: float) -> str:
             child.kill()
             child.wait()
             return f"watchdog: no kick for {watchdog_s:.0f} s"
-        if not os.read(kicks, 4096):   # the child closed its end: it exited
+        if os.read(kicks, 4096):
+            alive_file.touch()
+        else:   # the child closed its end: it exited
             code = child.wait()
             if code == REBOOT_EXIT:
                 return "software reboot"
@@ -120,10 +125,17 @@ def inspect(config: DeviceConfig) -> dict:
     return report
 
 
+def alive(config: DeviceConfig) -> int:
+    try:
+        return 0 if time.time() - config.alive_file.stat().st_mtime < ALIVE_WITHIN_S else 1
+    except FileNotFoundError:
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fota-device", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", nargs="?", default="run", choices=("run", "boot", "inspect"))
+    parser.add_argument("command", nargs="?", default="run", choices=("run", "boot", "inspect", "alive"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -131,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "inspect":
         print(json.dumps(inspect(config), indent=2))
         return 0
+    if args.command == "alive":
+        return alive(config)
     if args.command == "boot":
         return boot_once(config)
     return supervise(config)

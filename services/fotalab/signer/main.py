@@ -1,0 +1,63 @@
+"""`fota-signer`: the one-shot job that builds and signs the lab's releases.
+
+Runs once per `docker compose up` (the server waits for it to complete): creates the
+release key on first run, builds firmware images from firmware/releases.toml, computes
+deltas, signs manifests and writes the release store. It alone mounts the private key.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..signing import ALGORITHMS
+from .build import build_releases
+from .keys import ensure_keys
+from .releases import ReleaseListError, load_plan
+
+
+@dataclass(frozen=True)
+class SignerConfig:
+    firmware_dir: Path = Path("/firmware")
+    keys_dir: Path = Path("/keys")
+    releases_dir: Path = Path("/releases")
+    key_algorithm: str = "rsa-pss-3072"
+
+    @classmethod
+    def from_env(cls) -> "SignerConfig":
+        d = cls()
+        return cls(Path(os.environ.get("FOTA_FIRMWARE_DIR", d.firmware_dir)),
+                   Path(os.environ.get("FOTA_KEYS_DIR", d.keys_dir)),
+                   Path(os.environ.get("FOTA_RELEASES_DIR", d.releases_dir)),
+                   os.environ.get("FOTA_KEY_ALGORITHM", d.key_algorithm))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fota-signer", description=__doc__)
+    parser.parse_args(argv)
+    config = SignerConfig.from_env()
+    if config.key_algorithm not in ALGORITHMS:
+        print(f"fota-signer: FOTA_KEY_ALGORITHM={config.key_algorithm!r} is not one of {ALGORITHMS}",
+              file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    try:
+        plan = load_plan(config.firmware_dir / "releases.toml")
+    except ReleaseListError as exc:
+        print(f"fota-signer: {exc}", file=sys.stderr)
+        return 2
+    signer, created = ensure_keys(config.keys_dir, config.key_algorithm)
+    print(f"fota-signer: {'created' if created else 'using'} release key {signer.key_id} in {config.keys_dir}")
+    report = build_releases(plan, signer, config.firmware_dir, config.releases_dir)
+    for line in report.built:
+        print(f"  built  {line}")
+    print(f"fota-signer: {len(report.built)} built, {len(report.reused)} reused, "
+          f"{len(plan.releases)} releases in {config.releases_dir} ({time.monotonic() - started:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
