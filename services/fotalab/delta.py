@@ -77,7 +77,7 @@ _ARCHS = {"thumb-lzma": "thumb", "aarch64-lzma": "aarch64"}
 
 _MAX_DICT = 1 << 26  # hard cap of any LZMA2 dictionary a delta may ask for
 _MAX_CTRL_BYTES = 30  # upper bound of one varint-encoded control tuple
-_DEFAULT_MINSEG = 24  # matches shorter than this do not define the move map
+_MIN_ARCH_SCORE = 0.2  # below this an image is not treated as code of that architecture
 _BCJ_NONE, _BCJ_ARMTHUMB = 0, 1
 
 
@@ -248,6 +248,8 @@ class _MoveMap:
 _THUMB_BL = re.compile(rb"(?=[\x00-\xff][\xf0-\xf7][\x00-\xff][\x90-\x9f\xb0-\xbf\xd0-\xdf\xf0-\xff])")
 # AArch64 B/BL (000101/100101) and ADRP (1xx10000), matched on the most significant byte.
 _A64_TOP = re.compile(rb"[\x14-\x17\x94-\x97\x90\xb0\xd0\xf0]")
+_A64_ADR = re.compile(rb"[\x10\x30\x50\x70]")  # ADR: 0xx10000
+_A64_PAIR_WINDOW = 16  # instructions searched after an ADRP for its ADD/LDR/STR
 
 
 def _thumb_bl_match(old, p: int) -> bool:
@@ -292,10 +294,13 @@ class _Relocator:
     and on the device alike.
     """
 
-    def __init__(self, arch: str, old, base: int | None, mm: _MoveMap) -> None:
+    def __init__(self, arch: str, old, base: int | None, mm: _MoveMap, ptrmode: int = 2) -> None:
         self.arch = arch
         self.old = old
-        self.base = base
+        # ptrmode 0: no absolute pointers; 1: only code-like ones (Thumb: odd, AArch64:
+        # 4-aligned); 2: every aligned word whose value lands in the image.
+        self.base = base if ptrmode else None
+        self.ptrmode = ptrmode
         self.mm = mm
         self.n = len(old)
 
@@ -316,23 +321,24 @@ class _Relocator:
             if (p - 2) in bl or (p + 2) in bl:
                 continue  # ambiguous overlapping candidates: leave alone
             if p + 4 > a and p < b:
-                out.append((p, 0))
+                out.append((p, 0, 0))
         if self.base is not None:
             base, top = self.base, self.base + self.n
+            odd_only = self.ptrmode == 1
             q = (max(0, a - 3) + 3) & ~3
             end = min(b, self.n - 3)
             unpack = struct.unpack_from
             while q < end:
                 v = unpack("<I", old, q)[0]
-                if base <= v <= top:
+                if base <= v <= top and (v & 1 or not odd_only):
                     if not (_thumb_bl_match(old, q - 2) or _thumb_bl_match(old, q)
                             or _thumb_bl_match(old, q + 2)):
-                        out.append((q, 1))
+                        out.append((q, 1, 0))
                 q += 4
             out.sort()
         return out
 
-    def _thumb_value(self, p: int, kind: int, s_cur: int) -> bytes | None:
+    def _thumb_value(self, p: int, kind: int, t: int, s_cur: int) -> bytes | None:
         old = self.old
         if kind == 0:
             off = _thumb_bl_decode(old, p)
@@ -347,41 +353,74 @@ class _Relocator:
 
     # ---- AArch64
     def _a64_fields(self, a: int, b: int):
+        """(pos, kind, target) of fields overlapping [a, b). Kinds: 0 B/BL, 1 ADRP,
+        2 64-bit pointer, 3 ADD/LDR/STR low 12 bits of an ADRP pair, 4 ADR."""
         old = self.old
         n = self.n
+        unpack = struct.unpack_from
         out = []
-        lo = max(0, a - 7)
-        for m in _A64_TOP.finditer(old, lo + 3, min(n, b + 7)):
+        adrps = []
+        lo = max(0, a - _A64_PAIR_WINDOW * 4 - 4)
+        for m in _A64_TOP.finditer(old, lo + 3, min(n, b + 3)):
             p = m.start() - 3
             if p & 3:
                 continue
-            w = struct.unpack_from("<I", old, p)[0]
+            w = unpack("<I", old, p)[0]
             op = w >> 26
             if op == 0x05 or op == 0x25:
                 if p + 4 > a and p < b:
-                    out.append((p, 0))
+                    out.append((p, 0, 0))
             elif (w & 0x9F000000) == 0x90000000:
-                size = 4
-                if p + 8 <= n:
-                    w2 = struct.unpack_from("<I", old, p + 4)[0]
-                    if _a64_lo12_kind(w2) and ((w2 >> 5) & 31) == (w & 31):
-                        size = 8
-                if p + size > a and p < b:
-                    out.append((p, 1))
+                adrps.append((p, w))
+        consumers: dict[int, int] = {}
+        for p, w in adrps:
+            imm = ((w >> 29) & 3) | (((w >> 5) & 0x7FFFF) << 2)
+            if imm & (1 << 20):
+                imm -= 1 << 21
+            page = (p & ~0xFFF) + (imm << 12)
+            rd = w & 31
+            first = None
+            q = p + 4
+            stop = min(n - 3, p + 4 + _A64_PAIR_WINDOW * 4)
+            while q < stop:
+                w2 = unpack("<I", old, q)[0]
+                k = _a64_lo12_kind(w2)
+                if k and ((w2 >> 5) & 31) == rd:
+                    t = page + (((w2 >> 10) & 0xFFF) << (k - 1))
+                    if first is None:
+                        first = t
+                    consumers[q] = t  # later ADRPs overwrite: the nearest one wins
+                    if (w2 & 31) == rd and (w2 & 0x00400000 or k == 1):
+                        break  # the pair's register is overwritten (ADD or load into it)
+                elif (w2 & 0x9F000000) == 0x90000000 and (w2 & 31) == rd:
+                    break
+                q += 4
+            if p + 4 > a and p < b:
+                out.append((p, 1, page if first is None else first))
+        for q, t in consumers.items():
+            if q + 4 > a and q < b:
+                out.append((q, 3, t))
+        for m in _A64_ADR.finditer(old, max(0, a - 3) + 3, min(n, b + 3)):
+            p = m.start() - 3
+            if p & 3 or p + 4 > n:
+                continue
+            w = unpack("<I", old, p)[0]
+            if (w & 0x9F000000) == 0x10000000 and p + 4 > a and p < b:
+                out.append((p, 4, 0))
         if self.base is not None:
             base, top = self.base, self.base + n
+            aligned_only = self.ptrmode == 1
             q = (max(0, a - 7) + 7) & ~7
             end = min(b, n - 7)
-            unpack = struct.unpack_from
             while q < end:
                 v = unpack("<Q", old, q)[0]
-                if base <= v <= top:
-                    out.append((q, 2))
+                if base <= v <= top and not (v & 3 and aligned_only):
+                    out.append((q, 2, 0))
                 q += 8
-            out.sort()
+        out.sort()
         return out
 
-    def _a64_value(self, p: int, kind: int, s_cur: int) -> bytes | None:
+    def _a64_value(self, p: int, kind: int, t: int, s_cur: int) -> bytes | None:
         old = self.old
         w = struct.unpack_from("<I", old, p)[0]
         if kind == 0:
@@ -391,39 +430,39 @@ class _Relocator:
             t = p + imm * 4
             if not 0 <= t <= self.n:
                 return None
-            t2 = t + self.mm.shift(t)
-            d = t2 - (p + s_cur)
+            d = t + self.mm.shift(t) - (p + s_cur)
             if d & 3 or not -(1 << 27) <= d < (1 << 27):
                 return None
             return struct.pack("<I", (w & 0xFC000000) | ((d >> 2) & 0x3FFFFFF))
         if kind == 1:
-            imm = ((w >> 29) & 3) | (((w >> 5) & 0x7FFFF) << 2)
-            if imm & (1 << 20):
-                imm -= 1 << 21
-            page = (p & ~0xFFF) + (imm << 12)
-            w2 = struct.unpack_from("<I", old, p + 4)[0] if p + 8 <= self.n else 0
-            kind2 = _a64_lo12_kind(w2) if ((w2 >> 5) & 31) == (w & 31) else 0
-            if kind2:
-                scale = kind2 - 1
-                t = page + (((w2 >> 10) & 0xFFF) << scale)
-            else:
-                t = page
             if not 0 <= t <= self.n:
                 return None
             t2 = t + self.mm.shift(t)
-            p2 = p + s_cur
-            pages = (t2 >> 12) - (p2 >> 12)
+            pages = (t2 >> 12) - ((p + s_cur) >> 12)
             if not -(1 << 20) <= pages < (1 << 20):
                 return None
             pages &= (1 << 21) - 1
-            w_new = (w & 0x9F00001F) | ((pages & 3) << 29) | ((pages >> 2) << 5)
-            if not kind2:
-                return struct.pack("<I", w_new)
-            lo12 = t2 & 0xFFF
+            return struct.pack("<I", (w & 0x9F00001F) | ((pages & 3) << 29) | ((pages >> 2) << 5))
+        if kind == 3:
+            if not 0 <= t <= self.n:
+                return None
+            scale = _a64_lo12_kind(w) - 1
+            lo12 = (t + self.mm.shift(t)) & 0xFFF
             if lo12 & ((1 << scale) - 1):
-                return struct.pack("<I", w_new) + struct.pack("<I", w2)
-            w2_new = (w2 & 0xFFC003FF) | ((lo12 >> scale) << 10)
-            return struct.pack("<II", w_new, w2_new)
+                return None
+            return struct.pack("<I", (w & 0xFFC003FF) | ((lo12 >> scale) << 10))
+        if kind == 4:
+            imm = ((w >> 29) & 3) | (((w >> 5) & 0x7FFFF) << 2)
+            if imm & (1 << 20):
+                imm -= 1 << 21
+            t = p + imm
+            if not 0 <= t <= self.n:
+                return None
+            d = t + self.mm.shift(t) - (p + s_cur)
+            if not -(1 << 20) <= d < (1 << 20):
+                return None
+            d &= (1 << 21) - 1
+            return struct.pack("<I", (w & 0x9F00001F) | ((d & 3) << 29) | ((d >> 2) << 5))
         v = struct.unpack_from("<Q", old, p)[0]
         v2 = (v + self.mm.shift(v - self.base)) & 0xFFFFFFFFFFFFFFFF
         return struct.pack("<Q", v2)
@@ -442,8 +481,8 @@ class _Relocator:
         if not fields:
             return raw
         buf = bytearray(raw)
-        for p, kind in fields:
-            enc = value(p, kind, s_cur)
+        for p, kind, t in fields:
+            enc = value(p, kind, t, s_cur)
             if enc is None:
                 continue
             lo = max(p, a)
@@ -733,12 +772,13 @@ def apply_delta_to(old: bytes, delta: Delta, write: Callable[[bytes], None], max
             f"delta was made for a {old_size}-byte base image, this one has {len(old)} bytes; "
             "ask for a delta from the installed version or for the full image")
     reloc_base = None
-    minseg = 0
+    minseg = ptrmode = 0
     arch = _ARCHS.get(enc)
     if arch:
-        b1 = c.uvarint(1 << 64)
-        reloc_base = None if b1 == 0 else b1 - 1
         minseg = c.uvarint(1 << 32)
+        ptrmode = c.uvarint(2)
+        if ptrmode:
+            reloc_base = c.uvarint(1 << 64)
     n_ctrl = c.uvarint(new_size + 1)
     ctrl_bound = n_ctrl * _MAX_CTRL_BYTES
     dicts = (_dict_ok(c.uvarint(), ctrl_bound, "control"),
@@ -763,7 +803,7 @@ def apply_delta_to(old: bytes, delta: Delta, write: Callable[[bytes], None], max
     er = _LzmaReader(streams[2], dicts[2], "extra")
     reloc = None
     if arch:
-        reloc = _Relocator(arch, old, reloc_base, _MoveMap.from_controls(controls, minseg))
+        reloc = _Relocator(arch, old, reloc_base, _MoveMap.from_controls(controls, minseg), ptrmode)
     _run(old, iter(controls), dr, er, new_size, out, reloc)
     dr.finish()
     er.finish()
@@ -871,9 +911,9 @@ def _exact_diff(old: bytes, new: bytes, controls, reloc: "_Relocator | None"):
     return bytes(diff), bytes(extra)
 
 
-def _static_relocated(arch: str, old: bytes, base: int | None, mm: _MoveMap) -> bytes:
+def _static_relocated(arch: str, old: bytes, base: int | None, mm: _MoveMap, mode: int) -> bytes:
     """Whole old image relocated with the move map alone (to guide the match search)."""
-    r = _Relocator(arch, old, base, mm)
+    r = _Relocator(arch, old, base, mm, mode)
     out = bytearray()
     bounds = [s for s in mm.starts if 0 < s < len(old)]
     edges = [0, *bounds, len(old)]
@@ -885,6 +925,30 @@ def _static_relocated(arch: str, old: bytes, base: int | None, mm: _MoveMap) -> 
 
 _THUMB_PROLOGUE = re.compile(rb"(?=[\x00-\xff]\xb5|\x2d\xe9)")  # PUSH {..., lr} / PUSH.W
 _A64_PROLOGUE = re.compile(rb"(?=\xfd\x7b[\x00-\xff]\xa9)")  # STP x29, x30, [sp, #-n]!
+
+
+def _arch_score(arch: str, old: bytes) -> float:
+    """How much ``old`` looks like code of ``arch``: the share of its call instructions whose
+    target is also the target of another call (real code calls the same functions from many
+    places; random bytes almost never do). Around 0.5 and above for real code, < 0.05 for
+    data or another instruction set."""
+    import collections
+
+    n = len(old)
+    r = _Relocator(arch, old, None, _MoveMap([]), 0)
+    targets = collections.Counter()
+    if arch == "thumb":
+        for p, _, _ in r._thumb_fields(0, n):
+            targets[p + 4 + _thumb_bl_decode(old, p)] += 1
+    else:
+        for p, kind, _ in r._a64_fields(0, n):
+            if kind == 0:
+                imm = struct.unpack_from("<I", old, p)[0] & 0x3FFFFFF
+                targets[p + (imm - (1 << 26) if imm & 0x2000000 else imm) * 4] += 1
+    total = sum(targets.values())
+    if total < 8:
+        return 0.0
+    return sum(c for t, c in targets.items() if c > 1 and 0 <= t < n) / total
 
 
 def _guess_base(arch: str, old: bytes) -> int | None:
@@ -899,11 +963,11 @@ def _guess_base(arch: str, old: bytes) -> int | None:
     r = _Relocator(arch, old, None, _MoveMap([]))
     tset = set()
     if arch == "thumb":
-        for p, _ in r._thumb_fields(0, n):
+        for p, _, _ in r._thumb_fields(0, n):
             tset.add(p + 4 + _thumb_bl_decode(old, p))
         tset.update(m.start() for m in _THUMB_PROLOGUE.finditer(old) if not m.start() & 1)
     else:
-        for p, kind in r._a64_fields(0, n):
+        for p, kind, _ in r._a64_fields(0, n):
             if kind == 0:
                 imm = struct.unpack_from("<I", old, p)[0] & 0x3FFFFFF
                 tset.add(p + (imm - (1 << 26) if imm & 0x2000000 else imm) * 4)
@@ -934,18 +998,39 @@ def _guess_base(arch: str, old: bytes) -> int | None:
     return b1
 
 
-def _encode_arch(enc: str, old: bytes, new: bytes, first, minseg: int, base: int | None,
-                 tune: bool, passes: int = 2) -> bytes:
+_MINSEGS = (8, 16, 32, 64, 128, 256, 512)
+
+
+def _arch_params(arch: str, old: bytes, new: bytes, controls, base: int | None, quick: bool):
+    """(size, minseg, ptrmode) of the smallest quick encoding over the parameter grid."""
+    modes = (0, 1, 2) if base is not None else (0,)
+    minsegs = _MINSEGS if not quick else (32, 128)
+    best = None
+    for minseg in minsegs:
+        mm = _MoveMap.from_controls(controls, minseg)
+        for mode in modes:
+            reloc = _Relocator(arch, old, base, mm, mode)
+            diff, _ = _exact_diff(old, new, controls, reloc)
+            size = len(_lzma(diff, tune=False)[1])
+            if best is None or size < best[0]:
+                best = (size, minseg, mode)
+    return best
+
+
+def _encode_arch(enc: str, old: bytes, new: bytes, first, base: int | None, tune: bool,
+                 passes: int = 2) -> bytes:
     arch = _ARCHS[enc]
+    quick = len(new) > (1 << 20)
     controls = first
+    _, minseg, mode = _arch_params(arch, old, new, controls, base, True)
     for _ in range(passes):
         mm = _MoveMap.from_controls(controls, minseg)
-        guide = _static_relocated(arch, old, base, mm)
+        guide = _static_relocated(arch, old, base, mm, mode)
         controls, _, _ = _bsdiff_core(guide, new)
-    mm = _MoveMap.from_controls(controls, minseg)
-    reloc = _Relocator(arch, old, base, mm)
+        _, minseg, mode = _arch_params(arch, old, new, controls, base, quick)
+    reloc = _Relocator(arch, old, base, _MoveMap.from_controls(controls, minseg), mode)
     diff, extra = _exact_diff(old, new, controls, reloc)
-    fields = [0 if base is None else base + 1, minseg]
+    fields = [minseg, mode] + ([base] if mode else [])
     return _pack_streams(enc, old, new, controls, diff, extra, fields, tune)
 
 
@@ -968,7 +1053,10 @@ def encode(old: bytes, new: bytes, encoding: str) -> Delta:
 
 
 def candidates(old: bytes, new: bytes, only: tuple[str, ...] | None = None) -> list[Delta]:
-    """Every encoding tried for this pair (``only`` restricts the set)."""
+    """Every encoding tried for this pair (``only`` restricts the set).
+
+    The relocating encodings are tried only on images that look like code of their
+    instruction set (see ``_arch_score``); ``only`` forces them."""
     old = bytes(old)
     new = bytes(new)
     want = set(ENCODINGS if only is None else only)
@@ -994,9 +1082,10 @@ def candidates(old: bytes, new: bytes, only: tuple[str, ...] | None = None) -> l
         out.append(Delta("bsdiff-lzma", _pack_streams("bsdiff-lzma", old, new, controls, diff, extra,
                                                       [], tune)))
     for enc in ("thumb-lzma", "aarch64-lzma"):
-        if enc in want:
+        # Relocation only pays on code of that instruction set: skip it elsewhere unless asked.
+        if enc in want and (only is not None or _arch_score(_ARCHS[enc], old) >= _MIN_ARCH_SCORE):
             base = _guess_base(_ARCHS[enc], old)
-            out.append(Delta(enc, _encode_arch(enc, old, new, controls, _DEFAULT_MINSEG, base, tune)))
+            out.append(Delta(enc, _encode_arch(enc, old, new, controls, base, tune)))
     if "full-lzma" in want:
         out.append(Delta("full-lzma", _encode_full(new, tune)))
     return out
