@@ -1,0 +1,68 @@
+"""Watch the fleet's retained state over MQTT and send commands: used by the trigger script,
+the tests and the crash sweep alike, so they all see the lab as an operator would."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Callable
+
+import paho.mqtt.client as mqtt
+
+from .topics import FLEET_COMMANDS, PREFIX, device_topic
+
+
+class FleetWatcher:
+    """Keeps the newest state, status and the event list of every device it hears of."""
+
+    def __init__(self, host: str, port: int, *, client_id: str = "", username: str = "", password: str = "") -> None:
+        self.states: dict[str, dict] = {}
+        self.status: dict[str, str] = {}
+        self.events: dict[str, list[dict]] = {}
+        self._changed = threading.Condition()
+        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+        if username:
+            self._client.username_pw_set(username, password)
+        self._client.on_connect = lambda c, *a: c.subscribe(f"{PREFIX}/devices/+/+", qos=1)
+        self._client.on_message = self._message
+        self._client.connect(host, port, keepalive=15)
+        self._client.loop_start()
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def __enter__(self) -> "FleetWatcher":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
+        parts = message.topic.split("/")
+        device, kind = parts[-2], parts[-1]
+        with self._changed:
+            if kind == "status":
+                self.status[device] = message.payload.decode()
+            elif kind == "state":
+                self.states[device] = json.loads(message.payload)
+            elif kind == "events":
+                self.events.setdefault(device, []).append(json.loads(message.payload))
+            self._changed.notify_all()
+
+    def wait_for(self, predicate: Callable[["FleetWatcher"], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not predicate(self):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"waited {timeout:.0f} s for {what}; last states: "
+                                       f"{json.dumps(self.states, indent=1)[:3000]}")
+                self._changed.wait(min(remaining, 1.0))
+
+    def command(self, devices: list[str] | None, command: dict) -> None:
+        """Publish a command (QoS 1, never retained) to some devices or, with None, to all."""
+        payload = json.dumps(command)
+        topics = [FLEET_COMMANDS] if devices is None else [device_topic(d, "cmd") for d in devices]
+        for topic in topics:
+            self._client.publish(topic, payload, qos=1, retain=False).wait_for_publish(10)

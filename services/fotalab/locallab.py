@@ -1,0 +1,180 @@
+"""The lab's services as local processes, without Docker: a real mosquitto, the real signer,
+the real server under gunicorn and real device supervisors, killed with SIGKILL.
+
+Used by the integration tests and by scripts/crash-sweep, which need hundreds of power cuts
+in minutes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+LAB_RELEASES = """\
+expires_days = 30
+max_deltas = 5
+
+[[hardware]]
+id = "fotalab-m4"
+arch = "thumb"
+size = {size}
+seed = 7
+
+[[release]]
+hardware = "fotalab-m4"
+version = "1.0.0"
+security_counter = 1
+
+[[release]]
+hardware = "fotalab-m4"
+version = "2.0.0"
+security_counter = 2
+
+[[release]]
+hardware = "fotalab-m4"
+version = "2.1.0"
+security_counter = 2
+behaviour = "crash-at-boot"
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until(check, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not ready after {timeout:.0f} s")
+        time.sleep(0.1)
+
+
+def _stop(process: subprocess.Popen | None) -> None:
+    if process and process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@dataclass
+class Broker:
+    root: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+
+    def start(self) -> "Broker":
+        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.root.mkdir(parents=True, exist_ok=True)
+        conf = self.root / "mosquitto.conf"
+        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+                        f"persistence_location {self.root}/\nlog_dest file {self.root}/mosquitto.log\n")
+        self.process = subprocess.Popen([exe, "-c", str(conf)], start_new_session=True)
+
+        def accepting() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return True
+            except OSError:
+                return False
+        wait_until(accepting, 10, "mosquitto")
+        return self
+
+    def stop(self) -> None:
+        _stop(self.process)
+
+
+def build_releases(root: Path, *, size: int = 64 * 1024, keys_dir: Path | None = None) -> Path:
+    """Run the real signer on a small release list; returns the release store."""
+    firmware = root / "firmware"
+    firmware.mkdir(parents=True, exist_ok=True)
+    (firmware / "releases.toml").write_text(LAB_RELEASES.format(size=size))
+    env = {**os.environ, "FOTA_FIRMWARE_DIR": str(firmware), "FOTA_KEYS_DIR": str(keys_dir or root / "keys"),
+           "FOTA_RELEASES_DIR": str(root / "releases"), "FOTA_KEY_ALGORITHM": "ed25519"}
+    subprocess.run([sys.executable, "-m", "fotalab.signer.main"], env=env, check=True, capture_output=True)
+    return root / "releases"
+
+
+@dataclass
+class Server:
+    releases: Path
+    log: Path
+    port: int = field(default_factory=free_port)
+    default_release: str = "2.0.0"
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "Server":
+        env = {**os.environ, "FOTA_RELEASES_DIR": str(self.releases), "FOTA_SERVER_BIND": f"127.0.0.1:{self.port}",
+               "FOTA_DEFAULT_RELEASE": self.default_release, "FOTA_SERVER_WORKERS": "2"}
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen([sys.executable, "-m", "fotalab.server.main"], env=env, stdout=out,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+
+        def healthy() -> bool:
+            try:
+                return requests.get(f"{self.url}/healthz", timeout=1).ok
+            except requests.RequestException:
+                return False
+        wait_until(healthy, 20, "update server")
+        return self
+
+    def stop(self) -> None:
+        _stop(self.process)
+
+
+@dataclass
+class Device:
+    """One simulated device: its flash directory and its supervisor process."""
+
+    device_id: str
+    flash_dir: Path
+    releases: Path
+    broker: Broker
+    server: Server
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen | None = None
+
+    def environment(self) -> dict[str, str]:
+        return {**os.environ, "FOTA_DEVICE_ID": self.device_id, "FOTA_FLASH_DIR": str(self.flash_dir),
+                "FOTA_FACTORY_DIR": str(self.releases / "factory"), "FOTA_MQTT_HOST": "127.0.0.1",
+                "FOTA_MQTT_PORT": str(self.broker.port), "FOTA_SERVER_URL": self.server.url,
+                "FOTA_RESET_DELAY_S": "0.2", "FOTA_TRIAL_SOAK_S": "0", "FOTA_WATCHDOG_S": "10",
+                **self.env}
+
+    def start(self, **extra_env: str) -> "Device":
+        log = (self.flash_dir.parent / f"{self.device_id}.log").open("ab")
+        self.process = subprocess.Popen([sys.executable, "-m", "fotalab.device.main", "run"],
+                                        env={**self.environment(), **extra_env}, stdout=log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        return self
+
+    def power_cut(self) -> None:
+        _stop(self.process)
+
+    def wait_dead(self, timeout: float) -> bool:
+        """True if the device cut its own power (a fault plan fired) within `timeout`."""
+        try:
+            self.process.wait(timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+
+    def inspect(self) -> dict:
+        done = subprocess.run([sys.executable, "-m", "fotalab.device.main", "inspect"], env=self.environment(),
+                              capture_output=True, check=True)
+        return json.loads(done.stdout)
