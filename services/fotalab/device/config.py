@@ -27,6 +27,7 @@ class DeviceConfig:
     trial_soak_s: float = 5.0          # and the firmware must then stay up this long
     chunk_size: int = 64 * 1024
     http_timeout_s: float = 10.0
+    link_kbps: float = 0.0             # simulated link speed; 0 = as fast as the network allows
     patch_memory_mb: int = 512
     patch_timeout_s: float = 120.0
     flash_writeback: bool = False
@@ -69,6 +70,7 @@ class DeviceConfig:
             trial_soak_s=float(get("TRIAL_SOAK_S", defaults.trial_soak_s)),
             chunk_size=int(get("CHUNK_SIZE", defaults.chunk_size)),
             http_timeout_s=float(get("HTTP_TIMEOUT_S", defaults.http_timeout_s)),
+            link_kbps=float(get("LINK_KBPS", defaults.link_kbps)),
             patch_memory_mb=int(get("PATCH_MEMORY_MB", defaults.patch_memory_mb)),
             patch_timeout_s=float(get("PATCH_TIMEOUT_S", defaults.patch_timeout_s)),
             flash_writeback=get("FLASH_WRITEBACK", "0") not in ("0", "", "false", "no"),

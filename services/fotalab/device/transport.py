@@ -1,6 +1,7 @@
 """HTTP transport to the update server: the signed manifest and ranged artifact downloads."""
 from __future__ import annotations
 
+import time
 from typing import Iterator
 
 import requests
@@ -9,10 +10,14 @@ from .engine import TransportError
 
 
 class HttpTransport:
-    def __init__(self, base_url: str, *, timeout_s: float, chunk_size: int) -> None:
+    """`link_kbps` > 0 simulates a slow radio link (NB-IoT, LTE-M): reads are paced to that rate
+    and come in pieces of about a second's worth, so progress is reported as it happens."""
+
+    def __init__(self, base_url: str, *, timeout_s: float, chunk_size: int, link_kbps: float = 0) -> None:
         self._base = base_url.rstrip("/")
         self._timeout = timeout_s
-        self._chunk = chunk_size
+        self._link_bytes_s = link_kbps * 1000 / 8
+        self._chunk = min(chunk_size, max(256, int(self._link_bytes_s))) if link_kbps else chunk_size
         self._session = requests.Session()
 
     def fetch_manifest(self, *, device_id: str, hardware: str, version: str, image_sha256: str) -> bytes | None:
@@ -39,6 +44,11 @@ class HttpTransport:
                                          f"got {response.status_code}")
                 if not response.headers.get("Content-Range", "").startswith(f"bytes {start}-"):
                     raise TransportError(f"server answered range {response.headers.get('Content-Range')!r}")
-                yield from response.iter_content(chunk_size=self._chunk)
+                started, received = time.monotonic(), 0
+                for chunk in response.iter_content(chunk_size=self._chunk):
+                    received += len(chunk)
+                    if self._link_bytes_s:
+                        time.sleep(max(0.0, received / self._link_bytes_s - (time.monotonic() - started)))
+                    yield chunk
         except requests.RequestException as exc:
             raise TransportError(f"download interrupted: {exc.__class__.__name__}") from None

@@ -1,0 +1,66 @@
+"""Drive a running compose lab from the host: find containers by compose labels (never by
+name: compose v1 and v2 spell names differently), power devices off and on, read their flash."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROJECT_LABEL = "com.docker.compose.project"
+SERVICE_LABEL = "com.docker.compose.service"
+
+
+def docker_problem() -> str | None:
+    """None if a Docker engine and compose v2 answer, else what is missing."""
+    try:
+        subprocess.run(["docker", "info"], check=True, capture_output=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return "no Docker engine answers (`docker info` failed)"
+    try:
+        subprocess.run(["docker", "compose", "version"], check=True, capture_output=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return "docker compose v2 is missing: run scripts/install-compose"
+    return None
+
+
+@dataclass
+class ComposeLab:
+    project: str
+    directory: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def compose(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        return subprocess.run(["docker", "compose", "-p", self.project, *args], cwd=self.directory,
+                              env={**os.environ, **self.env}, check=True, capture_output=True, text=True,
+                              timeout=timeout)
+
+    def container(self, service: str) -> str:
+        found = subprocess.run(["docker", "ps", "-aq", "--filter", f"label={PROJECT_LABEL}={self.project}",
+                                "--filter", f"label={SERVICE_LABEL}={service}"],
+                               check=True, capture_output=True, text=True).stdout.split()
+        if len(found) != 1:
+            raise LookupError(f"expected one container for service {service!r} of project {self.project!r}, "
+                              f"found {len(found)}")
+        return found[0]
+
+    def services(self, prefix: str = "device-") -> list[str]:
+        listed = self.compose("config", "--services").stdout.split()
+        return sorted((s for s in listed if s.startswith(prefix)), key=lambda s: int(s.rsplit("-", 1)[1]))
+
+    def kill(self, service: str) -> None:
+        """Power cut: SIGKILL to every process of the container at once."""
+        subprocess.run(["docker", "kill", self.container(service)], check=True, capture_output=True)
+
+    def start(self, service: str) -> None:
+        subprocess.run(["docker", "start", self.container(service)], check=True, capture_output=True)
+
+    def inspect_device(self, service: str) -> dict:
+        """The device's flash as its own bootloader reads it (works while it runs)."""
+        done = subprocess.run(["docker", "exec", self.container(service), "fota-device", "inspect"],
+                              check=True, capture_output=True, text=True)
+        return json.loads(done.stdout)
+
+    def logs(self) -> str:
+        return self.compose("logs", "--no-color", "--tail", "200").stdout

@@ -1,0 +1,51 @@
+"""E2E tier: the compose lab itself, with `docker kill` and `docker start`.
+
+Skips with the reason where no Docker engine answers, unless FOTA_REQUIRE_DOCKER=1 (CI),
+where a missing engine is a failure. The lab is always torn down (containers, volumes,
+networks), on failure too.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from fotalab.composelab import ComposeLab, docker_problem
+from fotalab.fleetwatch import FleetWatcher
+from fotalab.locallab import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def compose_lab():
+    problem = docker_problem()
+    if problem:
+        if os.environ.get("FOTA_REQUIRE_DOCKER") == "1":
+            pytest.fail(f"FOTA_REQUIRE_DOCKER=1 but {problem}")
+        pytest.skip(f"e2e needs Docker: {problem}")
+    lab = ComposeLab(f"fotalab-e2e-{uuid.uuid4().hex[:6]}", REPO, {
+        "MQTT_PORT": str(free_port()), "SERVER_PORT": str(free_port()),
+        # a slow link (NB-IoT-like) so a download lasts long enough to be cut by `docker kill`
+        "FOTA_LINK_KBPS": os.environ.get("FOTA_E2E_LINK_KBPS", "4"),
+        "FOTA_CHUNK_SIZE": "1024"})
+    try:
+        lab.compose("build")
+        lab.compose("up", "-d", "--wait", timeout=300)
+        yield lab
+    finally:
+        ARTIFACTS.mkdir(exist_ok=True)
+        try:
+            (ARTIFACTS / f"{lab.project}.log").write_text(lab.logs())
+        except Exception as exc:   # keep tearing down even if logs fail
+            print(f"could not save lab logs: {exc}")
+        lab.compose("down", "-v", "--remove-orphans", timeout=120)
+
+
+@pytest.fixture
+def fleet(compose_lab):
+    with FleetWatcher("127.0.0.1", int(compose_lab.env["MQTT_PORT"])) as watcher:
+        yield watcher
