@@ -303,6 +303,24 @@ class _Relocator:
         self.ptrmode = ptrmode
         self.mm = mm
         self.n = len(old)
+        self._ptr_pat = None
+
+    def _ptr_re(self):
+        """Regex matching, from byte 2 of an aligned word, the high bytes of every value in
+        [base, base + len(old)]: a C-speed prefilter for the pointer scan."""
+        if getattr(self, "_ptr_pat", None) is None:
+            lo, hi = self.base >> 16, (self.base + self.n) >> 16
+            width = 2 if self.arch == "thumb" else 6
+            alts = []
+            v = lo
+            while v <= hi:  # group runs that share all but the lowest byte of (v)
+                run_end = min(hi, v | 0xFF)
+                tail = (v >> 8).to_bytes(width - 1, "little")
+                alts.append(b"[" + re.escape(bytes([v & 0xFF])) + b"-" + re.escape(bytes([run_end & 0xFF]))
+                            + b"]" + re.escape(tail))
+                v = run_end + 1
+            self._ptr_pat = re.compile(b"(?=(?:" + b"|".join(alts) + b"))", re.DOTALL)
+        return self._ptr_pat
 
     # ---- Thumb
     def _thumb_fields(self, a: int, b: int):
@@ -325,16 +343,18 @@ class _Relocator:
         if self.base is not None:
             base, top = self.base, self.base + self.n
             odd_only = self.ptrmode == 1
-            q = (max(0, a - 3) + 3) & ~3
-            end = min(b, self.n - 3)
             unpack = struct.unpack_from
-            while q < end:
+            q0 = (max(0, a - 3) + 3) & ~3
+            end = min(b, self.n - 3)
+            for m in self._ptr_re().finditer(old, q0 + 2, min(self.n, end + 8)):
+                q = m.start() - 2
+                if q & 3 or q >= end:
+                    continue
                 v = unpack("<I", old, q)[0]
                 if base <= v <= top and (v & 1 or not odd_only):
                     if not (_thumb_bl_match(old, q - 2) or _thumb_bl_match(old, q)
                             or _thumb_bl_match(old, q + 2)):
                         out.append((q, 1, 0))
-                q += 4
             out.sort()
         return out
 
@@ -410,13 +430,15 @@ class _Relocator:
         if self.base is not None:
             base, top = self.base, self.base + n
             aligned_only = self.ptrmode == 1
-            q = (max(0, a - 7) + 7) & ~7
+            q0 = (max(0, a - 7) + 7) & ~7
             end = min(b, n - 7)
-            while q < end:
+            for m in self._ptr_re().finditer(old, q0 + 2, min(n, end + 8)):
+                q = m.start() - 2
+                if q & 7 or q >= end:
+                    continue
                 v = unpack("<Q", old, q)[0]
                 if base <= v <= top and not (v & 3 and aligned_only):
                     out.append((q, 2, 0))
-                q += 8
         out.sort()
         return out
 
@@ -511,13 +533,14 @@ def _a64_lo12_kind(w2: int) -> int:
 _LZMA_PROPS = ((3, 0, 2), (0, 0, 0), (1, 1, 1), (0, 2, 2), (3, 1, 1), (0, 1, 1))
 
 
-def _lzma(data: bytes, bcj: int = _BCJ_NONE, tune: bool = True) -> tuple[int, bytes]:
-    """Raw LZMA2 of ``data``; returns (dict_size, stream). Tries a few lc/lp/pb settings."""
+def _lzma(data: bytes, bcj: int = _BCJ_NONE, tune: bool = True,
+          preset: int = 9 | lzma.PRESET_EXTREME) -> tuple[int, bytes]:
+    """Raw LZMA2 of ``data``; returns (dict_size, stream). ``tune`` tries a few lc/lp/pb."""
     dict_size = max(4096, (len(data) + 4095) & ~4095)
     best = None
     props = _LZMA_PROPS if tune else _LZMA_PROPS[:1]
     for lc, lp, pb in props:
-        filters = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME,
+        filters = [{"id": lzma.FILTER_LZMA2, "preset": preset,
                     "dict_size": dict_size, "lc": lc, "lp": lp, "pb": pb}]
         if bcj == _BCJ_ARMTHUMB:
             filters.insert(0, {"id": lzma.FILTER_ARMTHUMB})
@@ -998,36 +1021,52 @@ def _guess_base(arch: str, old: bytes) -> int | None:
     return b1
 
 
-_MINSEGS = (8, 16, 32, 64, 128, 256, 512)
+_MINSEGS = (12, 24, 32, 64, 128, 256)
 
 
-def _arch_params(arch: str, old: bytes, new: bytes, controls, base: int | None, quick: bool):
-    """(size, minseg, ptrmode) of the smallest quick encoding over the parameter grid."""
+_SEARCH_SPAN = 1 << 19  # the parameter search looks at the first 512 KiB of output
+
+
+def _arch_params(arch: str, old: bytes, new: bytes, controls, base: int | None):
+    """(size, minseg, ptrmode) of the smallest quick encoding over the parameter grid.
+
+    The move map is still built from all controls; only the diff of the first
+    _SEARCH_SPAN output bytes is measured (fast LZMA preset) to rank the settings."""
     modes = (0, 1, 2) if base is not None else (0,)
-    minsegs = _MINSEGS if not quick else (32, 128)
-    best = None
-    for minseg in minsegs:
-        mm = _MoveMap.from_controls(controls, minseg)
-        for mode in modes:
-            reloc = _Relocator(arch, old, base, mm, mode)
-            diff, _ = _exact_diff(old, new, controls, reloc)
-            size = len(_lzma(diff, tune=False)[1])
-            if best is None or size < best[0]:
-                best = (size, minseg, mode)
-    return best
+    prefix = []
+    covered = 0
+    for t in controls:
+        if covered >= _SEARCH_SPAN:
+            break
+        prefix.append(t)
+        covered += t[0] + t[1]
+    tried: dict[tuple[int, int], int] = {}
+
+    def size(minseg: int, mode: int) -> int:
+        if (minseg, mode) not in tried:
+            reloc = _Relocator(arch, old, base, _MoveMap.from_controls(controls, minseg), mode)
+            diff, _ = _exact_diff(old, new, prefix, reloc)
+            tried[minseg, mode] = len(_lzma(diff, tune=False, preset=2)[1])
+        return tried[minseg, mode]
+
+    # coordinate search: pointer mode at a middle minseg, then minseg for that mode
+    mode = min(modes, key=lambda m: (size(32, m), -m))
+    minseg = min(_MINSEGS, key=lambda k: (size(k, mode), k))
+    return size(minseg, mode), minseg, mode
 
 
-def _encode_arch(enc: str, old: bytes, new: bytes, first, base: int | None, tune: bool,
-                 passes: int = 2) -> bytes:
+def _encode_arch(enc: str, old: bytes, new: bytes, first, base: int | None, tune: bool) -> bytes:
+    """Search matches against the old image relocated with the current move map, re-derive the
+    map from the new matches, repeat (twice for images up to 1 MiB, once above)."""
     arch = _ARCHS[enc]
-    quick = len(new) > (1 << 20)
+    passes = 2 if len(new) <= (1 << 20) else 1
     controls = first
-    _, minseg, mode = _arch_params(arch, old, new, controls, base, True)
+    _, minseg, mode = _arch_params(arch, old, new, controls, base)
     for _ in range(passes):
         mm = _MoveMap.from_controls(controls, minseg)
         guide = _static_relocated(arch, old, base, mm, mode)
         controls, _, _ = _bsdiff_core(guide, new)
-        _, minseg, mode = _arch_params(arch, old, new, controls, base, quick)
+        _, minseg, mode = _arch_params(arch, old, new, controls, base)
     reloc = _Relocator(arch, old, base, _MoveMap.from_controls(controls, minseg), mode)
     diff, extra = _exact_diff(old, new, controls, reloc)
     fields = [minseg, mode] + ([base] if mode else [])
@@ -1036,7 +1075,11 @@ def _encode_arch(enc: str, old: bytes, new: bytes, first, base: int | None, tune
 
 def _encode_full(new: bytes, tune: bool) -> bytes:
     best = None
-    for bcj in (_BCJ_NONE, _BCJ_ARMTHUMB):
+    if tune:
+        bcjs = (_BCJ_NONE, _BCJ_ARMTHUMB)
+    else:  # large image: one try, with the Thumb BCJ filter only on Thumb code
+        bcjs = (_BCJ_ARMTHUMB if _arch_score("thumb", new) >= _MIN_ARCH_SCORE else _BCJ_NONE,)
+    for bcj in bcjs:
         d, s = _lzma(new, bcj, tune)
         head = bytearray(MAGIC)
         head += bytes((FORMAT_VERSION, _ENC_IDS["full-lzma"]))
@@ -1063,7 +1106,7 @@ def candidates(old: bytes, new: bytes, only: tuple[str, ...] | None = None) -> l
     unknown = want - set(ENCODINGS)
     if unknown:
         raise ValueError(f"unknown encodings {sorted(unknown)}")
-    tune = len(new) <= (2 << 20)
+    tune = len(new) < (1 << 20)  # lc/lp/pb and BCJ trials only where they are cheap
     out: list[Delta] = []
     ctrl_bytes, diff, extra = None, None, None
     if want & {"bsdiff4", "bsdiff-lzma", "thumb-lzma", "aarch64-lzma"}:
