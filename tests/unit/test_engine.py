@@ -20,7 +20,7 @@ from fotalab.device.engine import EngineConfig, Reboot, TransportError, UpdateEn
 from fotalab.durable import Flash
 from fotalab.manifest import ArtifactRef, DeltaRef, Manifest, sign_manifest
 
-from conftest import edit, flip, make_image, make_payload
+from samples import edit, flip, make_image, make_payload
 
 EXPIRES = (datetime.now(timezone.utc) + timedelta(days=30)).isoformat()
 
@@ -249,3 +249,19 @@ def test_rolled_back_release_is_reported_and_quarantined(tmp_path, factory_dir, 
     assert recorder.last[0] == "rolled_back" and "not confirmed after 3 attempts" in recorder.last[1]["reason"]
     assert engine.check() == "failed"
     assert "quarantined" in recorder.last[1]["reason"]
+
+
+def test_delta_that_fails_to_apply_falls_back_to_the_full_image(tmp_path, factory_dir, server, release):
+    from fotalab.device.engine import UpdateFailed
+
+    def rejecting_patcher(base, artifact, encoding, max_output):
+        if encoding:
+            raise UpdateFailed("patching failed (exit 2): delta rejected")
+        yield from in_process_patcher(base, artifact, encoding, max_output)
+    engine, recorder = power_on(tmp_path / "flash", factory_dir, server)
+    engine.patcher = rejecting_patcher
+    with pytest.raises(Reboot):
+        engine.check()
+    assert server.fetched == len(release["delta"].data) + len(release["v2"])
+    assert any(kind == "delta_rejected" for kind, _ in recorder.events)
+    assert BootControl(Flash(tmp_path / "flash")).load().active == "b"

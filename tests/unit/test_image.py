@@ -3,7 +3,7 @@ import pytest
 from fotalab.image import Behaviour, ImageError, parse_image, verify_image
 from fotalab.signing import Verifier
 
-from conftest import flip, make_image, make_payload
+from samples import flip, make_image, make_payload
 
 
 def test_signed_image_verifies_and_carries_its_header(release_key, firmware_v1):

@@ -5,7 +5,7 @@ import pytest
 from fotalab.manifest import ArtifactRef, DeltaRef, Manifest, ManifestError, sign_manifest, verify_manifest
 from fotalab.signing import Verifier
 
-from conftest import flip
+from samples import flip
 
 NOW = datetime(2026, 11, 27, tzinfo=timezone.utc)
 

@@ -208,9 +208,16 @@ class UpdateEngine:
                 for chunk in chunks:
                     slot.write(chunk)
                 slot.sync()
-        except UpdateFailed:
-            jr.clear(self.flash)
-            raise
+        except UpdateFailed as exc:
+            if artifact.kind != "delta":
+                jr.clear(self.flash)
+                raise
+            # a delta that verifies but does not apply is useless here: fetch the full image
+            self.reporter.event("delta_rejected", target=job.version, reason=str(exc))
+            image = manifest.image
+            job = jr.store(self.flash, job.advance(phase="download", offset=0,
+                                                   artifact=jr.Artifact("image", image.name, image.sha256, image.length)))
+            return self._install(self._download(job), manifest)
         image = self.flash.read(slot_file(target)) or b""
         problem = ""
         if hashlib.sha256(image).hexdigest() != manifest.image.sha256 or len(image) != manifest.image.length:

@@ -26,7 +26,7 @@ from ..durable import Flash
 from ..signing import Verifier
 from . import journal as jr
 from .bootctl import SLOTS, BootControl
-from .bootloader import TRUST_ANCHOR, boot, check_slot
+from .bootloader import TRUST_ANCHOR, boot, check_slot, plan_boot
 from .config import DeviceConfig
 from .firmware import REBOOT_EXIT, run
 
@@ -100,29 +100,28 @@ def watch(child: subprocess.Popen, kicks: int, watchdog_s: float, alive_file: Pa
 
 
 def inspect(config: DeviceConfig) -> dict:
-    """The device's flash as its own bootloader sees it (read-only)."""
+    """The device's flash as its own bootloader sees it (read-only: nothing is stored)."""
     flash = Flash(config.flash_dir)
     control = BootControl(flash)
     anchor = flash.read(TRUST_ANCHOR)
     state = control.load()
-    report: dict = {
+    job = jr.load(flash)
+    checks = {slot: check_slot(flash, slot, Verifier(anchor)) for slot in SLOTS} if anchor else {}
+    plan = plan_boot(state, checks.__getitem__, limit=config.boot_limit, reset_reason="inspect") \
+        if state and checks else None
+    return {
         "device": config.device_id,
         "boot_copies": [dataclasses.asdict(s) if s else None for s in control.copies()],
         "boot": dataclasses.asdict(state) if state else None,
-        "journal": dataclasses.asdict(job) if (job := jr.load(flash)) else None,
-        "slots": {},
+        "journal": {k: v for k, v in dataclasses.asdict(job).items() if k != "manifest"} if job else None,
+        "slots": {slot: {"version": c.version, "sha256": c.sha256, "verified": not c.error, "error": c.error,
+                         "security_counter": c.header.security_counter if c.header else None}
+                  for slot, c in checks.items()},
+        "running": {"slot": state.active, **{"version": checks[state.active].version,
+                                             "verified": not checks[state.active].error}} if plan else None,
+        "bootable": bool(plan and plan.boot),
+        "next_boot": plan.message if plan else "not provisioned",
     }
-    if report["journal"]:
-        report["journal"].pop("manifest")
-    for slot in SLOTS:
-        if anchor:
-            check = check_slot(flash, slot, Verifier(anchor))
-            report["slots"][slot] = {"version": check.version, "sha256": check.sha256,
-                                     "verified": not check.error, "error": check.error}
-    running = report["slots"].get(state.active) if state else None
-    report["running"] = {"slot": state.active, **running} if running else None
-    report["bootable"] = bool(running and running["verified"])
-    return report
 
 
 def alive(config: DeviceConfig) -> int:
