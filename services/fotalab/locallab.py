@@ -77,9 +77,10 @@ class Broker:
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         self.root.mkdir(parents=True, exist_ok=True)
         conf = self.root / "mosquitto.conf"
-        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-                        f"persistence_location {self.root}/\nlog_dest file {self.root}/mosquitto.log\n")
-        self.process = subprocess.Popen([exe, "-c", str(conf)], start_new_session=True)
+        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\nlog_dest stdout\n")
+        with (self.root / "mosquitto.log").open("ab") as log:
+            self.process = subprocess.Popen([exe, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
 
         def accepting() -> bool:
             try:

@@ -265,3 +265,23 @@ def test_delta_that_fails_to_apply_falls_back_to_the_full_image(tmp_path, factor
     assert server.fetched == len(release["delta"].data) + len(release["v2"])
     assert any(kind == "delta_rejected" for kind, _ in recorder.events)
     assert BootControl(Flash(tmp_path / "flash")).load().active == "b"
+
+
+def test_cut_after_the_last_byte_resumes_without_fetching_again(tmp_path, factory_dir, server, release):
+    class PowerCut(Exception):
+        pass
+
+    def cut(*args):
+        raise PowerCut
+    engine, _ = power_on(tmp_path / "flash", factory_dir, server)
+    engine.patcher = cut                      # power dies right after the download
+    with pytest.raises(PowerCut):
+        engine.check()
+    flash = Flash(tmp_path / "flash")
+    job = jr.load(flash)
+    jr.store(flash, job.advance(phase="download", offset=job.artifact.length))   # the phase change was cut
+    fetched = server.fetched
+    engine, _ = power_on(tmp_path / "flash", factory_dir, server)
+    with pytest.raises(Reboot):
+        engine.resume()
+    assert server.fetched == fetched
