@@ -48,6 +48,7 @@ class Outcome:
     problems: list[str] = field(default_factory=list)
     bricked: bool = False
     operation: str = ""
+    cut: bool = False          # False if the run never reached the armed operation
 
 
 class Sweep:
@@ -143,6 +144,7 @@ class Sweep:
             ops = (device.flash_dir.parent / "ops.log").read_text().splitlines()
             outcome.operation = ops[fault.at - 1] if len(ops) >= fault.at else "not reached"
             if final is None:          # the cut happened: check the flash, then power on again
+                outcome.cut = True
                 self._check(self._flash(device), scenario, outcome, after_cut=True)
                 device.start()
                 try:
@@ -197,11 +199,12 @@ def main(argv: list[str] | None = None) -> int:
         sweep.close()
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    print(f"\n{'scenario':<10}{'mode':<7}{'points':>8}{'failed':>8}{'bricked':>9}")
+    print(f"\n{'scenario':<10}{'mode':<7}{'points':>8}{'cut':>6}{'failed':>8}{'bricked':>9}")
     for scenario in SCENARIOS:
         for mode in modes:
             rows = [o for o in outcomes if o.scenario == scenario.name and o.fault.mode == mode]
-            print(f"{scenario.name:<10}{mode:<7}{len(rows):>8}{sum(bool(o.problems) for o in rows):>8}"
+            print(f"{scenario.name:<10}{mode:<7}{len(rows):>8}{sum(o.cut for o in rows):>6}"
+                  f"{sum(bool(o.problems) for o in rows):>8}"
                   f"{sum(o.bricked for o in rows):>9}")
     failed = [o for o in outcomes if o.problems]
     for outcome in failed:
