@@ -28,6 +28,8 @@ class DeviceConfig:
     chunk_size: int = 64 * 1024
     http_timeout_s: float = 10.0
     link_kbps: float = 0.0             # simulated link speed; 0 = as fast as the network allows
+    min_rate_bps: float = 32.0         # a transfer slower than this over rate_window_s is retried
+    rate_window_s: float = 30.0
     patch_memory_mb: int = 512
     patch_timeout_s: float = 120.0
     flash_writeback: bool = False
@@ -71,6 +73,8 @@ class DeviceConfig:
             chunk_size=int(get("CHUNK_SIZE", defaults.chunk_size)),
             http_timeout_s=float(get("HTTP_TIMEOUT_S", defaults.http_timeout_s)),
             link_kbps=float(get("LINK_KBPS", defaults.link_kbps)),
+            min_rate_bps=float(get("MIN_RATE_BPS", defaults.min_rate_bps)),
+            rate_window_s=float(get("RATE_WINDOW_S", defaults.rate_window_s)),
             patch_memory_mb=int(get("PATCH_MEMORY_MB", defaults.patch_memory_mb)),
             patch_timeout_s=float(get("PATCH_TIMEOUT_S", defaults.patch_timeout_s)),
             flash_writeback=get("FLASH_WRITEBACK", "0") not in ("0", "", "false", "no"),

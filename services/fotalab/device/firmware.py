@@ -100,7 +100,8 @@ def run(config: DeviceConfig, flash: Flash, plan: BootPlan, verifier: Verifier, 
         EngineConfig(config.device_id, config.hardware, chunk_size=config.chunk_size),
         flash, running, verifier,
         HttpTransport(config.server_url, timeout_s=config.http_timeout_s, chunk_size=config.chunk_size,
-                      link_kbps=config.link_kbps),
+                      link_kbps=config.link_kbps, min_rate_bps=config.min_rate_bps,
+                      rate_window_s=config.rate_window_s),
         link, sandboxed_patcher(memory_mb=config.patch_memory_mb, timeout_s=config.patch_timeout_s,
                                 chunk_size=config.chunk_size))
     try:

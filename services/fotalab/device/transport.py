@@ -11,11 +11,17 @@ from .engine import TransportError
 
 class HttpTransport:
     """`link_kbps` > 0 simulates a slow radio link (NB-IoT, LTE-M): reads are paced to that rate
-    and come in pieces of about a second's worth, so progress is reported as it happens."""
+    and come in pieces of about a second's worth, so progress is reported as it happens.
 
-    def __init__(self, base_url: str, *, timeout_s: float, chunk_size: int, link_kbps: float = 0) -> None:
+    A transfer that stalls (no byte for `timeout_s`) or trickles (fewer than `min_rate_bps` on
+    average over `rate_window_s`) raises TransportError; the engine retries with backoff and
+    resumes from the journaled offset."""
+
+    def __init__(self, base_url: str, *, timeout_s: float, chunk_size: int, link_kbps: float = 0,
+                 min_rate_bps: float = 0, rate_window_s: float = 30) -> None:
         self._base = base_url.rstrip("/")
         self._timeout = timeout_s
+        self._min_rate, self._window = min_rate_bps, rate_window_s
         self._link_bytes_s = link_kbps * 1000 / 8
         self._chunk = min(chunk_size, max(256, int(self._link_bytes_s))) if link_kbps else chunk_size
         self._session = requests.Session()
@@ -45,10 +51,21 @@ class HttpTransport:
                 if not response.headers.get("Content-Range", "").startswith(f"bytes {start}-"):
                     raise TransportError(f"server answered range {response.headers.get('Content-Range')!r}")
                 started, received = time.monotonic(), 0
+                window_start, window_bytes = started, 0
                 for chunk in response.iter_content(chunk_size=self._chunk):
                     received += len(chunk)
+                    window_bytes += len(chunk)
                     if self._link_bytes_s:
                         time.sleep(max(0.0, received / self._link_bytes_s - (time.monotonic() - started)))
+                    now = time.monotonic()
+                    if now - window_start >= self._window:
+                        if window_bytes < self._min_rate * (now - window_start):
+                            raise TransportError(
+                                f"transfer trickling at {window_bytes / (now - window_start):.0f} B/s, below the "
+                                f"minimum {self._min_rate:.0f} B/s over {self._window:.0f} s")
+                        window_start, window_bytes = now, 0
                     yield chunk
         except requests.RequestException as exc:
-            raise TransportError(f"download interrupted: {exc.__class__.__name__}") from None
+            stalled = "timed out" in str(exc)
+            raise TransportError(f"download stalled: no data for {self._timeout:.0f} s" if stalled else
+                                 f"download interrupted: {exc.__class__.__name__}") from None
