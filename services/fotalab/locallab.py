@@ -44,6 +44,25 @@ hardware = "fotalab-m4"
 version = "2.1.0"
 security_counter = 2
 behaviour = "crash-at-boot"
+
+[[release]]
+hardware = "fotalab-m4"
+version = "2.2.0"
+security_counter = 2
+behaviour = "hang"
+
+[[release]]
+hardware = "fotalab-m4"
+version = "2.3.0"
+security_counter = 2
+behaviour = "selftest-fail"
+
+[[release]]
+hardware = "fotalab-m4"
+version = "2.4.0"
+security_counter = 2
+behaviour = "crash-after"
+behaviour_arg = 2
 """
 
 

@@ -126,5 +126,7 @@ def run(config: DeviceConfig, flash: Flash, plan: BootPlan, verifier: Verifier, 
                 log.warning("ignoring unknown command %r", action)
     except Reboot as reason:
         log.info("rebooting: %s", reason)
+        if watchdog:       # like a reset-reason register: survives the reboot, not a power cut
+            os.write(int(watchdog), f"\nreason:{reason}\n".encode())
         link.stop()
         return REBOOT_EXIT

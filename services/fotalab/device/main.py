@@ -76,24 +76,27 @@ def supervise(config: DeviceConfig) -> int:
             log.critical("device halted: no bootable image; power-cycle after repair")
             signal.pause()
         log.warning("reset: %s", reason)
-        if reason != "software reboot":
+        if not reason.startswith("software reboot"):
             time.sleep(config.reset_delay_s)
 
 
 def watch(child: subprocess.Popen, kicks: int, watchdog_s: float, alive_file: Path) -> str:
     """Wait for the child to exit or to miss the watchdog; returns the reset reason."""
+    said = b""
     while True:
         ready, _, _ = select.select([kicks], [], [], watchdog_s)
         if not ready:
             child.kill()
             child.wait()
             return f"watchdog: no kick for {watchdog_s:.0f} s"
-        if os.read(kicks, 4096):
+        if data := os.read(kicks, 4096):
+            said = (said + data)[-4096:]
             alive_file.touch()
         else:   # the child closed its end: it exited
             code = child.wait()
             if code == REBOOT_EXIT:
-                return "software reboot"
+                reason = said.rpartition(b"\nreason:")[2].split(b"\n")[0].decode(errors="replace")
+                return f"software reboot ({reason})" if reason else "software reboot"
             if code == HALT_EXIT:
                 return "halt"
             return f"crash (exit {code})"
