@@ -77,6 +77,7 @@ _ARCHS = {"thumb-lzma": "thumb", "aarch64-lzma": "aarch64"}
 
 _MAX_DICT = 1 << 26  # hard cap of any LZMA2 dictionary a delta may ask for
 _MAX_CTRL_BYTES = 30  # upper bound of one varint-encoded control tuple
+_MAX_OUT_STEPS = 1 << 16  # most steps an outside-address map may have
 _MIN_ARCH_SCORE = 0.2  # below this an image is not treated as code of that architecture
 _BCJ_NONE, _BCJ_ARMTHUMB = 0, 1
 
@@ -242,6 +243,55 @@ class _MoveMap:
         return self.shifts[i if i >= 0 else 0]
 
 
+class _OutMap:
+    """Shifts of addresses outside the image (RAM variables, data past the image end), learned
+    by the signer from the pair and carried in the header as (start, shift) steps over
+    [starts[0], end)."""
+
+    __slots__ = ("starts", "shifts", "end")
+
+    def __init__(self, starts: list[int], shifts: list[int], end: int) -> None:
+        self.starts = starts
+        self.shifts = shifts
+        self.end = end
+
+    def shift(self, t: int) -> int | None:
+        if not self.starts or not self.starts[0] <= t < self.end:
+            return None
+        return self.shifts[bisect.bisect_right(self.starts, t) - 1]
+
+    def to_fields(self) -> list[int]:
+        out = [len(self.starts)]
+        prev = 0
+        for st, sh in zip(self.starts, self.shifts):
+            out += [_zz(st - prev), _zz(sh)]
+            prev = st
+        if self.starts:
+            out.append(self.end - prev)
+        return out
+
+
+def _zz(n: int) -> int:
+    return n << 1 if n >= 0 else ((-n) << 1) - 1
+
+
+def _read_outmap(c: "_Cursor") -> _OutMap | None:
+    k = c.uvarint(_MAX_OUT_STEPS)
+    if not k:
+        return None
+    starts, shifts = [], []
+    prev = 0
+    for _ in range(k):
+        st = prev + c.svarint(1 << 62)
+        if starts and st <= starts[-1]:
+            raise _fail("address map steps are not increasing")
+        starts.append(st)
+        shifts.append(c.svarint(1 << 62))
+        prev = st
+    end = prev + c.uvarint(1 << 62)
+    return _OutMap(starts, shifts, end)
+
+
 # --------------------------------------------------------------------------- relocation filters
 
 # Thumb-2 BL / B.W (T4): hw1 = 11110 S imm10, hw2 = 1 x J1 1 J2 imm11 (x=1: BL, x=0: B.W).
@@ -294,31 +344,66 @@ class _Relocator:
     and on the device alike.
     """
 
-    def __init__(self, arch: str, old, base: int | None, mm: _MoveMap, ptrmode: int = 2) -> None:
+    def __init__(self, arch: str, old, base: int | None, mm: _MoveMap, ptrmode: int = 2,
+                 out: _OutMap | None = None) -> None:
         self.arch = arch
         self.old = old
         # ptrmode 0: no absolute pointers; 1: only code-like ones (Thumb: odd, AArch64:
-        # 4-aligned); 2: every aligned word whose value lands in the image.
+        # 4-aligned); 2: every aligned word whose value lands in the image. Pointers into
+        # the outside map's range are taken whatever the mode (when there is a base).
         self.base = base if ptrmode else None
         self.ptrmode = ptrmode
         self.mm = mm
+        self.out = out
         self.n = len(old)
         self._ptr_pat = None
+
+    def _tshift(self, t: int) -> int | None:
+        """Predicted move of old offset t (None: leave the field alone)."""
+        if 0 <= t <= self.n:
+            return self.mm.shift(t)
+        if self.out is not None:
+            return self.out.shift(t)
+        return None
+
+    def _is_ptr(self, v: int, mode_ok: bool) -> bool:
+        t = v - self.base
+        if 0 <= t <= self.n:
+            return mode_ok
+        return self.out is not None and self.out.shift(t) is not None
 
     def _ptr_re(self):
         """Regex matching, from byte 2 of an aligned word, the high bytes of every value in
         [base, base + len(old)]: a C-speed prefilter for the pointer scan."""
         if getattr(self, "_ptr_pat", None) is None:
-            lo, hi = self.base >> 16, (self.base + self.n) >> 16
             width = 2 if self.arch == "thumb" else 6
+            bits = 8 * (width + 2)
+            ranges = [(self.base, self.base + self.n)]
+            if self.out is not None and self.out.starts:
+                ranges.append((self.base + self.out.starts[0], self.base + self.out.end))
             alts = []
-            v = lo
-            while v <= hi:  # group runs that share all but the lowest byte of (v)
-                run_end = min(hi, v | 0xFF)
-                tail = (v >> 8).to_bytes(width - 1, "little")
-                alts.append(b"[" + re.escape(bytes([v & 0xFF])) + b"-" + re.escape(bytes([run_end & 0xFF]))
-                            + b"]" + re.escape(tail))
-                v = run_end + 1
+            for rlo, rhi in ranges:
+                rlo = max(rlo, 0)
+                rhi = min(rhi, (1 << bits) - 1)
+                if rlo > rhi:
+                    continue
+                v, hi = rlo >> 16, rhi >> 16
+                if hi - v > 1024:  # wide range: match the high bytes all its values share
+                    lo_b = v.to_bytes(width, "little")
+                    hi_b = hi.to_bytes(width, "little")
+                    k = width
+                    while k > 0 and lo_b[k - 1] == hi_b[k - 1]:
+                        k -= 1
+                    alts.append(b"[\\x00-\\xff]" * k + re.escape(lo_b[k:]))
+                    continue
+                while v <= hi:  # group runs that share all but the lowest byte of (v)
+                    run_end = min(hi, v | 0xFF)
+                    tail = (v >> 8).to_bytes(width - 1, "little")
+                    alts.append(b"[" + re.escape(bytes([v & 0xFF])) + b"-"
+                                + re.escape(bytes([run_end & 0xFF])) + b"]" + re.escape(tail))
+                    v = run_end + 1
+            if not alts:
+                alts = [b"(?!)"]
             self._ptr_pat = re.compile(b"(?=(?:" + b"|".join(alts) + b"))", re.DOTALL)
         return self._ptr_pat
 
@@ -341,7 +426,6 @@ class _Relocator:
             if p + 4 > a and p < b:
                 out.append((p, 0, 0))
         if self.base is not None:
-            base, top = self.base, self.base + self.n
             odd_only = self.ptrmode == 1
             unpack = struct.unpack_from
             q0 = (max(0, a - 3) + 3) & ~3
@@ -351,7 +435,7 @@ class _Relocator:
                 if q & 3 or q >= end:
                     continue
                 v = unpack("<I", old, q)[0]
-                if base <= v <= top and (v & 1 or not odd_only):
+                if self._is_ptr(v, bool(v & 1 or not odd_only)):
                     if not (_thumb_bl_match(old, q - 2) or _thumb_bl_match(old, q)
                             or _thumb_bl_match(old, q + 2)):
                         out.append((q, 1, 0))
@@ -363,12 +447,12 @@ class _Relocator:
         if kind == 0:
             off = _thumb_bl_decode(old, p)
             t = p + 4 + off
-            if not 0 <= t <= self.n:
+            sh = self._tshift(t)
+            if sh is None:
                 return None
-            t2 = t + self.mm.shift(t)
-            return _thumb_bl_encode(old, p, t2 - (p + s_cur + 4))
+            return _thumb_bl_encode(old, p, t + sh - (p + s_cur + 4))
         v = struct.unpack_from("<I", old, p)[0]
-        v2 = (v + self.mm.shift(v - self.base)) & 0xFFFFFFFF
+        v2 = (v + self._tshift(v - self.base)) & 0xFFFFFFFF
         return struct.pack("<I", v2)
 
     # ---- AArch64
@@ -428,7 +512,6 @@ class _Relocator:
             if (w & 0x9F000000) == 0x10000000 and p + 4 > a and p < b:
                 out.append((p, 4, 0))
         if self.base is not None:
-            base, top = self.base, self.base + n
             aligned_only = self.ptrmode == 1
             q0 = (max(0, a - 7) + 7) & ~7
             end = min(b, n - 7)
@@ -437,7 +520,7 @@ class _Relocator:
                 if q & 7 or q >= end:
                     continue
                 v = unpack("<Q", old, q)[0]
-                if base <= v <= top and not (v & 3 and aligned_only):
+                if self._is_ptr(v, not (v & 3 and aligned_only)):
                     out.append((q, 2, 0))
         out.sort()
         return out
@@ -450,26 +533,29 @@ class _Relocator:
             if imm & 0x2000000:
                 imm -= 1 << 26
             t = p + imm * 4
-            if not 0 <= t <= self.n:
+            sh = self._tshift(t)
+            if sh is None:
                 return None
-            d = t + self.mm.shift(t) - (p + s_cur)
+            d = t + sh - (p + s_cur)
             if d & 3 or not -(1 << 27) <= d < (1 << 27):
                 return None
             return struct.pack("<I", (w & 0xFC000000) | ((d >> 2) & 0x3FFFFFF))
         if kind == 1:
-            if not 0 <= t <= self.n:
+            sh = self._tshift(t)
+            if sh is None:
                 return None
-            t2 = t + self.mm.shift(t)
+            t2 = t + sh
             pages = (t2 >> 12) - ((p + s_cur) >> 12)
             if not -(1 << 20) <= pages < (1 << 20):
                 return None
             pages &= (1 << 21) - 1
             return struct.pack("<I", (w & 0x9F00001F) | ((pages & 3) << 29) | ((pages >> 2) << 5))
         if kind == 3:
-            if not 0 <= t <= self.n:
+            sh = self._tshift(t)
+            if sh is None:
                 return None
             scale = _a64_lo12_kind(w) - 1
-            lo12 = (t + self.mm.shift(t)) & 0xFFF
+            lo12 = (t + sh) & 0xFFF
             if lo12 & ((1 << scale) - 1):
                 return None
             return struct.pack("<I", (w & 0xFFC003FF) | ((lo12 >> scale) << 10))
@@ -478,16 +564,38 @@ class _Relocator:
             if imm & (1 << 20):
                 imm -= 1 << 21
             t = p + imm
-            if not 0 <= t <= self.n:
+            sh = self._tshift(t)
+            if sh is None:
                 return None
-            d = t + self.mm.shift(t) - (p + s_cur)
+            d = t + sh - (p + s_cur)
             if not -(1 << 20) <= d < (1 << 20):
                 return None
             d &= (1 << 21) - 1
             return struct.pack("<I", (w & 0x9F00001F) | ((d & 3) << 29) | ((d >> 2) << 5))
         v = struct.unpack_from("<Q", old, p)[0]
-        v2 = (v + self.mm.shift(v - self.base)) & 0xFFFFFFFFFFFFFFFF
+        v2 = (v + self._tshift(v - self.base)) & 0xFFFFFFFFFFFFFFFF
         return struct.pack("<Q", v2)
+
+    def target(self, p: int, kind: int, t: int) -> int:
+        """Old offset a field refers to (what _tshift is asked about)."""
+        old = self.old
+        if self.arch == "thumb":
+            if kind == 0:
+                return p + 4 + _thumb_bl_decode(old, p)
+            return struct.unpack_from("<I", old, p)[0] - self.base
+        w = struct.unpack_from("<I", old, p)[0]
+        if kind == 0:
+            imm = w & 0x3FFFFFF
+            return p + (imm - (1 << 26) if imm & 0x2000000 else imm) * 4
+        if kind == 4:
+            imm = ((w >> 29) & 3) | (((w >> 5) & 0x7FFFF) << 2)
+            return p + (imm - (1 << 21) if imm & (1 << 20) else imm)
+        if kind == 2:
+            return struct.unpack_from("<Q", old, p)[0] - self.base
+        return t
+
+    def fields(self, a: int, b: int):
+        return self._thumb_fields(a, b) if self.arch == "thumb" else self._a64_fields(a, b)
 
     def region(self, a: int, b: int, s_cur: int) -> bytes:
         """old'[a:b]: old with addresses predicted for a region that lands at a + s_cur."""
@@ -802,6 +910,7 @@ def apply_delta_to(old: bytes, delta: Delta, write: Callable[[bytes], None], max
         ptrmode = c.uvarint(2)
         if ptrmode:
             reloc_base = c.uvarint(1 << 64)
+        outmap = _read_outmap(c)
     n_ctrl = c.uvarint(new_size + 1)
     ctrl_bound = n_ctrl * _MAX_CTRL_BYTES
     dicts = (_dict_ok(c.uvarint(), ctrl_bound, "control"),
@@ -826,7 +935,8 @@ def apply_delta_to(old: bytes, delta: Delta, write: Callable[[bytes], None], max
     er = _LzmaReader(streams[2], dicts[2], "extra")
     reloc = None
     if arch:
-        reloc = _Relocator(arch, old, reloc_base, _MoveMap.from_controls(controls, minseg), ptrmode)
+        reloc = _Relocator(arch, old, reloc_base, _MoveMap.from_controls(controls, minseg), ptrmode,
+                           outmap)
     _run(old, iter(controls), dr, er, new_size, out, reloc)
     dr.finish()
     er.finish()
@@ -1067,10 +1177,104 @@ def _encode_arch(enc: str, old: bytes, new: bytes, first, base: int | None, tune
         guide = _static_relocated(arch, old, base, mm, mode)
         controls, _, _ = _bsdiff_core(guide, new)
         _, minseg, mode = _arch_params(arch, old, new, controls, base)
-    reloc = _Relocator(arch, old, base, _MoveMap.from_controls(controls, minseg), mode)
-    diff, extra = _exact_diff(old, new, controls, reloc)
-    fields = [minseg, mode] + ([base] if mode else [])
-    return _pack_streams(enc, old, new, controls, diff, extra, fields, tune)
+    mm = _MoveMap.from_controls(controls, minseg)
+    outmap = _learn_outside(arch, old, new, controls, mm, minseg, base, mode)
+    best = None
+    for om in ([None, outmap] if outmap is not None else [None]):
+        reloc = _Relocator(arch, old, base, mm, mode, om)
+        diff, extra = _exact_diff(old, new, controls, reloc)
+        fields = [minseg, mode] + ([base] if mode else []) + (om.to_fields() if om else [0])
+        blob = _pack_streams(enc, old, new, controls, diff, extra, fields, tune)
+        if best is None or len(blob) < len(best):
+            best = blob
+    return best
+
+
+def _learn_outside(arch: str, old: bytes, new: bytes, controls, mm: _MoveMap, minseg: int,
+                   base: int | None, mode: int) -> _OutMap | None:
+    """Learn how addresses outside the old image moved (RAM variables, data behind the
+    image): compare each address field of a long match with the same field in the new image,
+    keep the shifts that several fields agree on, as steps over the target address."""
+    import collections
+
+    ro = _Relocator(arch, old, None, mm, 0)  # instruction fields only
+    rn = _Relocator(arch, new, None, _MoveMap([]), 0)
+    n = len(old)
+    low = 0x10000 - (base or 0)
+    records: dict[int, collections.Counter] = collections.defaultdict(collections.Counter)
+    same: list[tuple[int, int, int]] = []  # aligned words equal in old and new: (start, end, s)
+    step, fmt = (4, "<I") if arch == "thumb" else (8, "<Q")
+    oldpos = newpos = 0
+    for x, y, z in controls:
+        if x >= minseg:
+            s = newpos - oldpos
+            newf = {p: (k, t) for p, k, t in rn.fields(newpos, newpos + x)}
+            for p, k, t in ro.fields(oldpos, oldpos + x):
+                tt = ro.target(p, k, t)
+                if 0 <= tt <= n or tt < low:
+                    continue
+                got = newf.get(p + s)
+                if got is None or got[0] != k:
+                    continue
+                d = rn.target(p + s, k, got[1]) - tt
+                if -(1 << 20) < d < (1 << 20):
+                    records[tt][d] += 1
+            if base is not None:
+                q0 = (oldpos + step - 1) & -step
+                q1 = (oldpos + x) & -step
+                if q1 > q0:
+                    same.append((q0, q1, s))
+                    olds = struct.iter_unpack(fmt, old[q0:q1])
+                    news = struct.iter_unpack(fmt, new[q0 + s:q1 + s])
+                    q = q0
+                    for (a,), (b,) in zip(olds, news):
+                        if a != b and a < (1 << 40):
+                            tt = a - base
+                            d = b - a
+                            if (not 0 <= tt <= n and tt >= low and -(1 << 20) < d < (1 << 20)
+                                    and not (arch == "thumb" and (
+                                        _thumb_bl_match(old, q - 2) or _thumb_bl_match(old, q)
+                                        or _thumb_bl_match(old, q + 2)))):
+                                records[tt][d] += 1
+                        q += step
+        newpos += x + y
+        oldpos += x + z
+    moved = [t for t, c in records.items() if any(c)]
+    if not moved:
+        return None
+    # Unchanged words inside the span of the moved ones bound the steps (shift 0).
+    span_lo, span_hi = min(moved) - 0x1000, max(moved) + 0x1000
+    for q0, q1, s in same:
+        for (a,), (b,) in zip(struct.iter_unpack(fmt, old[q0:q1]), struct.iter_unpack(fmt, new[q0 + s:q1 + s])):
+            if a == b and span_lo <= a - base <= span_hi and not 0 <= a - base <= n:
+                records[a - base][0] += 1
+    runs: list[list[int]] = []  # [first t, last t, shift, support]
+    for t in sorted(records):
+        d, c = records[t].most_common(1)[0]
+        if runs and runs[-1][2] == d:
+            runs[-1][1] = t
+            runs[-1][3] += c
+        else:
+            runs.append([t, t, d, c])
+    merged: list[list[int]] = []
+    for r in runs:
+        if r[3] < 2:
+            continue  # one field alone is noise more often than not
+        if merged and merged[-1][2] == r[2]:
+            merged[-1][1] = r[1]
+            merged[-1][3] += r[3]
+        else:
+            merged.append(r)
+    while merged and merged[0][2] == 0:
+        merged.pop(0)
+    if not merged:
+        return None
+    end = merged[-1][1] + 1
+    if merged[-1][2] == 0:
+        end = merged.pop()[0]
+    if not merged or len(merged) > _MAX_OUT_STEPS:
+        return None
+    return _OutMap([r[0] for r in merged], [r[2] for r in merged], end)
 
 
 def _encode_full(new: bytes, tune: bool) -> bytes:

@@ -157,7 +157,7 @@ class _Gen:
             off = r.randrange(0, len(body) + 1, self.unit)
             calls.append((off, self.callee(model, fid, nfuncs_hint)))
         calls.sort()
-        nrefs = r.randint(0, max(1, size // 96))
+        nrefs = r.randint(0, max(1, size // (96 if self.arch == "thumb" else 160)))
         refs = [self.ref(model) for _ in range(nrefs)]
         return _Func(fid, body, calls, refs)
 
@@ -234,6 +234,7 @@ def _render(m: _Model, size: int, rng_seed: str) -> bytes:
         pos = (pos + len(m.strings[sid]) + 1 + 3) & ~3
     ptr = 4 if thumb else 8
     tables_at = []
+    pos = (pos + ptr - 1) & ~(ptr - 1)
     for t in m.tables:
         tables_at.append(pos)
         pos += ptr * len(t)
@@ -401,6 +402,7 @@ def _content_size(m: _Model) -> int:
     pos = 64 * 4 if thumb else 0x800
     pos += sum(_func_len(m.arch, f) for f in m.funcs)
     pos += sum((len(s) + 4) & ~3 for s in m.strings.values())
+    pos = (pos + 7) & ~7
     pos += sum((4 if thumb else 8) * len(t) for t in m.tables)
     return pos + len(m.data)
 
