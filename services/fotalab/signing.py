@@ -8,8 +8,6 @@ signature by a foreign key is named as such in the error.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
@@ -62,23 +60,30 @@ class Signer:
         return self._key.sign(data)
 
 
-@dataclass(frozen=True)
 class Verifier:
-    """One trusted public key: a device's trust anchor or the server's copy of it."""
+    """The public keys a party trusts, by key id: a device's trust anchor (plus, during a key
+    rotation, the announced successor) or the server's copy of it."""
 
-    public_pem: bytes
+    def __init__(self, *public_pems: bytes) -> None:
+        self.public_pems = public_pems
+        self._keys = {key_id(pem): pem for pem in public_pems}
 
     @property
     def key_id(self) -> str:
-        return key_id(self.public_pem)
+        """The first (anchor) key's id."""
+        return key_id(self.public_pems[0])
+
+    def trusts(self, signed_by: str) -> bool:
+        return signed_by in self._keys
 
     def verify(self, data: bytes, signature: bytes, signed_by: str) -> None:
-        if signed_by != self.key_id:
+        pem = self._keys.get(signed_by)
+        if pem is None:
             raise SignatureError(
-                f"signed by key {signed_by}, but this device trusts key {self.key_id}: "
+                f"signed by key {signed_by}, but this device trusts key {', '.join(self._keys)}: "
                 "the artifact comes from another signer or the key was rotated without a "
                 "rotation statement; publish it signed by the trusted key")
-        public = serialization.load_pem_public_key(self.public_pem)
+        public = serialization.load_pem_public_key(pem)
         try:
             if isinstance(public, rsa.RSAPublicKey):
                 public.verify(signature, data, _PSS, hashes.SHA256())

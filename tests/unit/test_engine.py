@@ -5,121 +5,18 @@ reports a clear reason; none of them lets the patcher see unverified bytes.
 """
 from __future__ import annotations
 
-import hashlib
-from dataclasses import replace
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
-from fotalab.delta import apply_delta, best_delta
 from fotalab.device import journal as jr
-from fotalab.device.bootctl import BootControl, slot_file
-from fotalab.device.bootloader import boot
-from fotalab.device.engine import EngineConfig, Reboot, TransportError, UpdateEngine
+from fotalab.device.bootctl import BootControl
+from fotalab.device.engine import Reboot
 from fotalab.durable import Flash
-from fotalab.manifest import ArtifactRef, DeltaRef, Manifest, sign_manifest
+from fotalab.manifest import DeltaRef
 
+from device_harness import FakeServer, Recorder, boot_records, in_process_patcher, power_on, sha
 from samples import edit, flip, make_image, make_payload
-
-EXPIRES = (datetime.now(timezone.utc) + timedelta(days=30)).isoformat()
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-class FakeServer:
-    """Serves one manifest and its artifacts; can cut transfers and corrupt files."""
-
-    def __init__(self) -> None:
-        self.manifest: bytes | None = None
-        self.files: dict[str, bytes] = {}
-        self.cut_after: int | None = None     # bytes per transfer before the link drops
-        self.fetched = 0
-
-    def fetch_manifest(self, **query) -> bytes | None:
-        return self.manifest
-
-    def open_range(self, url_path: str, start: int, end: int):
-        data = self.files[url_path.rsplit("/", 1)[1]][start:]
-        sent = 0
-        for offset in range(0, len(data), 4096):
-            if self.cut_after is not None and sent >= self.cut_after:
-                raise TransportError("connection reset")
-            chunk = data[offset: offset + 4096]
-            sent += len(chunk)
-            self.fetched += len(chunk)
-            yield chunk
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.states: list[tuple[str, dict]] = []
-        self.events: list[tuple[str, dict]] = []
-
-    def state(self, state, **fields):
-        self.states.append((state, fields))
-
-    def event(self, kind, **fields):
-        self.events.append((kind, fields))
-
-    @property
-    def last(self) -> tuple[str, dict]:
-        return self.states[-1]
-
-
-def in_process_patcher(base: str, artifact: str, encoding: str, max_output: int):
-    from fotalab.delta import Delta
-    data = Path(artifact).read_bytes()
-    yield apply_delta(Path(base).read_bytes(), Delta(encoding, data), max_output) if encoding else data
-
-
-@pytest.fixture(scope="module")
-def release(release_key):
-    """v1 (factory) and v2 images, the v1->v2 delta, and a signed manifest for v2."""
-    v1 = make_image(release_key, "1.0.0", make_payload(1))
-    v2 = make_image(release_key, "2.0.0", edit(make_payload(1), 2), counter=2)
-    delta = best_delta(v1, v2)
-
-    def manifest_for(image=v2, version="2.0.0", hardware="fotalab-m4", counter=2, deltas=None, signer=release_key):
-        refs = deltas if deltas is not None else (
-            DeltaRef("v1_to_v2.delta", len(delta.data), sha(delta.data), "1.0.0", sha(v1), delta.encoding),)
-        return sign_manifest(Manifest(hardware, version, counter, ArtifactRef("v2.img", len(image), sha(image)),
-                                      refs, EXPIRES), signer)
-    return {"v1": v1, "v2": v2, "delta": delta, "manifest_for": manifest_for}
-
-
-@pytest.fixture
-def factory_dir(tmp_path, release, release_key) -> Path:
-    factory = tmp_path / "factory"
-    factory.mkdir()
-    (factory / "fotalab-m4.img").write_bytes(release["v1"])
-    (factory / "trust.pem").write_bytes(release_key.public_pem)
-    return factory
-
-
-@pytest.fixture
-def server(release) -> FakeServer:
-    fake = FakeServer()
-    fake.manifest = release["manifest_for"]()
-    fake.files = {sha(release["v2"]): release["v2"], sha(release["delta"].data): release["delta"].data}
-    return fake
-
-
-def power_on(flash_dir: Path, factory: Path, server: FakeServer) -> tuple[UpdateEngine, Recorder]:
-    flash = Flash(flash_dir)
-    plan, verifier = boot(flash, factory_image=factory / "fotalab-m4.img", trust_anchor=factory / "trust.pem",
-                          limit=3, reset_reason="power-on")
-    recorder = Recorder()
-    engine = UpdateEngine(EngineConfig("dev-1", "fotalab-m4", chunk_size=4096, retries=3, backoff_s=0),
-                          flash, plan.boot, verifier, server, recorder, in_process_patcher, sleep=lambda s: None)
-    return engine, recorder
-
-
-def boot_records(flash_dir: Path) -> dict[str, bytes]:
-    return {name: (flash_dir / name).read_bytes() for name in ("bootctl.0", "bootctl.1") if (flash_dir / name).exists()}
-
 
 def test_delta_update_stages_reboots_into_trial_and_commits(tmp_path, factory_dir, server, release):
     engine, _ = power_on(tmp_path / "flash", factory_dir, server)
@@ -203,7 +100,7 @@ def test_overlong_artifact_is_cut_at_the_signed_length(tmp_path, factory_dir, se
 
 
 @pytest.mark.parametrize("case, match", [
-    ("foreign_key", "trusts key"),
+    ("foreign_key", "no signed rotation leads from trusted key"),
     ("downgrade", "not newer"),
     ("foreign_hardware", "is for hardware"),
     ("flipped_manifest", "manifest rejected"),

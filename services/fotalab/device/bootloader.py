@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Callable
 
 from ..durable import Flash
-from ..image import ImageError, ImageHeader, verify_image
+from ..image import ImageError, ImageHeader, parse_image, verify_image
 from ..signing import Verifier
 from .bootctl import BootControl, BootState, factory_state, other_slot, reverted, slot_file
-
-TRUST_ANCHOR = "trust.pem"
+from .trust import ANCHOR, load_verifier
 
 
 @dataclass(frozen=True)
@@ -25,6 +24,7 @@ class SlotCheck:
     header: ImageHeader | None
     sha256: str
     error: str = ""
+    key_id: str = ""       # the key that signed the image
 
     @property
     def version(self) -> str:
@@ -48,7 +48,7 @@ def check_slot(flash: Flash, slot: str, verifier: Verifier) -> SlotCheck:
     if not raw:
         return SlotCheck(slot, None, sha, "slot is empty")
     try:
-        return SlotCheck(slot, verify_image(raw, verifier), sha)
+        return SlotCheck(slot, verify_image(raw, verifier), sha, key_id=parse_image(raw).key_id)
     except ImageError as exc:
         return SlotCheck(slot, None, sha, str(exc))
 
@@ -94,7 +94,7 @@ def plan_boot(state: BootState, check: Callable[[str], SlotCheck], *, limit: int
 def provision(flash: Flash, factory_image: Path, trust_anchor: Path) -> BootState:
     """First power-on: program the factory image into slot A and the trust anchor."""
     image = factory_image.read_bytes()
-    flash.replace(TRUST_ANCHOR, trust_anchor.read_bytes())
+    flash.replace(ANCHOR, trust_anchor.read_bytes())
     with flash.open_at(slot_file("a"), 0) as handle:
         handle.write(image)
         handle.sync()
@@ -107,7 +107,7 @@ def boot(flash: Flash, *, factory_image: Path, trust_anchor: Path, limit: int,
     flash.remove_temporaries()
     control = BootControl(flash)
     state = control.load() or provision(flash, factory_image, trust_anchor)
-    verifier = Verifier(flash.read(TRUST_ANCHOR) or b"")
+    verifier = load_verifier(flash)
     plan = plan_boot(state, lambda slot: check_slot(flash, slot, verifier), limit=limit,
                      reset_reason=reset_reason)
     if plan.state != state:

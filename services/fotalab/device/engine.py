@@ -15,11 +15,13 @@ from typing import Callable, Iterator, Protocol
 
 from ..durable import Flash
 from ..image import ImageError, verify_image
-from ..manifest import Manifest, ManifestError, parse_manifest, verify_manifest
+from ..manifest import Manifest, ManifestError, parse_document, parse_manifest, verify_manifest
+from ..rotation import CHAIN_NAME, RotationError, parse_chain, successor
 from ..signing import Verifier
 from . import journal as jr
 from .bootctl import BootControl, BootState, committed, other_slot, slot_file, staged
 from .bootloader import SlotCheck
+from .trust import finish_rotation, stage_successor
 
 QUARANTINE = "quarantine.json"
 
@@ -38,6 +40,7 @@ class Reboot(Exception):
 
 class Transport(Protocol):
     def fetch_manifest(self, *, device_id: str, hardware: str, version: str, image_sha256: str) -> bytes | None: ...
+    def fetch_document(self, name: str) -> bytes: ...
     def open_range(self, url_path: str, start: int, end: int) -> Iterator[bytes]: ...
 
 
@@ -76,14 +79,17 @@ class UpdateEngine:
             return "trial"
         job = jr.load(self.flash)
         if job is None:
+            self._finish_rotation()
             return "idle"
-        target_sha = self._manifest_of(job, verify=False).image.sha256
+        target_sha = self._manifest_of(job).image.sha256
         if self.running.sha256 == target_sha:
+            self._finish_rotation()
             jr.clear(self.flash)   # committed before the cut that kept the journal
             self.reporter.state("committed", target=job.version)
             return "committed"
         if state.rollback and state.rollback.sha256 == target_sha and state.rollback.seq > job.started_seq:
             self._quarantine(target_sha)
+            self._finish_rotation()
             jr.clear(self.flash)
             self.reporter.event("rolled_back", target=job.version, reason=state.rollback.reason)
             self.reporter.state("rolled_back", target=job.version, reason=state.rollback.reason)
@@ -97,6 +103,7 @@ class UpdateEngine:
         if state.confirmed:
             return
         self.bootctl.store(committed(state, self.running.header.security_counter))
+        self._finish_rotation()
         job = jr.load(self.flash)
         jr.clear(self.flash)
         self.reporter.event("committed", version=self.running.version)
@@ -124,15 +131,17 @@ class UpdateEngine:
             self.reporter.state("up_to_date")
             return "up_to_date"
         try:
-            manifest = self._verify(document)
+            new_key_id, chain = self._rotation_for(document)
+            manifest = self._verify(document, self._verifier_for(new_key_id, chain))
         except UpdateFailed as exc:
             self.reporter.event("rejected", reason=str(exc))
             self.reporter.state("failed", reason=str(exc))
             return "failed"
         job = jr.load(self.flash)
-        if job is None or self._manifest_of(job, verify=False).image.sha256 != manifest.image.sha256:
+        if job is None or self._manifest_of(job).image.sha256 != manifest.image.sha256:
             jr.clear(self.flash)
-            job = jr.store(self.flash, self._new_job(document, manifest, state))
+            job = jr.store(self.flash, self._new_job(document, manifest, state).advance(
+                new_key_id=new_key_id, rotation=chain))
             self.reporter.event("update_started", target=job.version, artifact=job.artifact.kind,
                                 length=job.artifact.length)
         return self._run(job)
@@ -140,7 +149,7 @@ class UpdateEngine:
     # -- the steps
     def _run(self, job: jr.Journal) -> str:
         try:
-            manifest = self._manifest_of(job, verify=True)
+            manifest = self._verify(job.manifest.encode(), self._verifier_for(job.new_key_id, job.rotation))
             if job.phase == "download":
                 job = self._download(job)
             return self._install(job, manifest)
@@ -225,7 +234,7 @@ class UpdateEngine:
             problem = "the installed image does not match the signed length and SHA-256"
         else:
             try:
-                header = verify_image(image, self.verifier)
+                header = verify_image(image, self._verifier_for(job.new_key_id, job.rotation))
                 if (header.version, header.hardware) != (manifest.version, manifest.hardware):
                     problem = f"image header says {header.version} for {header.hardware}, manifest differs"
             except ImageError as exc:
@@ -234,6 +243,8 @@ class UpdateEngine:
             jr.clear(self.flash)
             raise UpdateFailed(f"installed {manifest.version} failed verification ({problem}); "
                                "slot left unbootable, running image kept")
+        if job.rotation:
+            stage_successor(self.flash, job.new_key_id, job.rotation)
         self.bootctl.store(staged(self._boot_state(), target))
         self.reporter.event("staged", target=job.version, slot=target)
         self.reporter.state("rebooting", target=job.version, slot=target)
@@ -246,10 +257,40 @@ class UpdateEngine:
             raise RuntimeError("boot-control record vanished while running")
         return state
 
-    def _verify(self, document: bytes) -> Manifest:
+    def _rotation_for(self, document: bytes) -> tuple[str, list]:
+        """If the manifest is signed by a key the device does not trust yet, the signed chain
+        of rotation statements from its anchor to that key (fetched from the server)."""
+        try:
+            signed_by = parse_document(document)[1][0]["keyid"]
+        except (ManifestError, IndexError, KeyError, TypeError):
+            return "", []          # verification names the problem
+        if self.verifier.trusts(signed_by):
+            return "", []
+        try:
+            chain = parse_chain(self._with_retries("key rotation chain",
+                                                   lambda: self.transport.fetch_document(CHAIN_NAME)))
+            successor(self.verifier, chain, signed_by)
+        except RotationError as exc:
+            raise UpdateFailed(f"manifest rejected: {exc}") from None
+        return signed_by, chain
+
+    def _verifier_for(self, new_key_id: str, chain: list) -> Verifier:
+        """The device's keys, plus the successor a verified rotation chain announces."""
+        if not chain:
+            return self.verifier
+        try:
+            return Verifier(*self.verifier.public_pems, successor(self.verifier, chain, new_key_id))
+        except RotationError as exc:
+            raise UpdateFailed(f"manifest rejected: {exc}") from None
+
+    def _finish_rotation(self) -> None:
+        if finish_rotation(self.flash, self.running.key_id):
+            self.reporter.event("key_rotated", key_id=self.running.key_id)
+
+    def _verify(self, document: bytes, verifier: Verifier) -> Manifest:
         state = self._boot_state()
         try:
-            manifest = verify_manifest(document, self.verifier, hardware=self.config.hardware,
+            manifest = verify_manifest(document, verifier, hardware=self.config.hardware,
                                        running_version=self.running.version,
                                        security_counter=state.security_counter)
         except ManifestError as exc:
@@ -259,9 +300,8 @@ class UpdateEngine:
                                "quarantined here; publish a fixed release with a new version")
         return manifest
 
-    def _manifest_of(self, job: jr.Journal, *, verify: bool) -> Manifest:
-        document = job.manifest.encode()
-        return self._verify(document) if verify else parse_manifest(document)
+    def _manifest_of(self, job: jr.Journal) -> Manifest:
+        return parse_manifest(job.manifest.encode())
 
     def _with_retries(self, what: str, action: Callable[[], object]):
         delay = self.config.backoff_s

@@ -7,7 +7,7 @@ that follows is visible in the boot-control record, not here. Replaced atomicall
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 from ..durable import Flash
 
@@ -37,6 +37,8 @@ class Journal:
     offset: int = 0
     started_seq: int = 0     # boot-control seq when the update began (to date a rollback)
     resumes: int = 0         # downloads resumed after an interruption
+    new_key_id: str = ""     # set when the release is signed by a key announced by rotation
+    rotation: list = field(default_factory=list)   # the signed chain from the anchor to that key
 
     def advance(self, **changes) -> "Journal":
         return replace(self, **changes)

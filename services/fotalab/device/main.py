@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 
 from ..durable import Flash
-from ..signing import Verifier
 from . import journal as jr
 from .bootctl import SLOTS, BootControl
-from .bootloader import TRUST_ANCHOR, boot, check_slot, plan_boot
+from .bootloader import boot, check_slot, plan_boot
+from .trust import ANCHOR, load_verifier
 from .config import DeviceConfig
 from .firmware import REBOOT_EXIT, run
 
@@ -106,10 +106,10 @@ def inspect(config: DeviceConfig) -> dict:
     """The device's flash as its own bootloader sees it (read-only: nothing is stored)."""
     flash = Flash(config.flash_dir)
     control = BootControl(flash)
-    anchor = flash.read(TRUST_ANCHOR)
+    anchor = flash.read(ANCHOR)
     state = control.load()
     job = jr.load(flash)
-    checks = {slot: check_slot(flash, slot, Verifier(anchor)) for slot in SLOTS} if anchor else {}
+    checks = {slot: check_slot(flash, slot, load_verifier(flash)) for slot in SLOTS} if anchor else {}
     plan = plan_boot(state, checks.__getitem__, limit=config.boot_limit, reset_reason="inspect") \
         if state and checks else None
     return {

@@ -39,6 +39,16 @@ class HttpTransport:
         body = response.json()
         return body["manifest"].encode() if body.get("update") else None
 
+    def fetch_document(self, name: str) -> bytes:
+        """A small named document of the release store, e.g. the key rotation chain."""
+        try:
+            response = self._session.get(f"{self._base}/updates/{name}", timeout=self._timeout)
+        except requests.RequestException as exc:
+            raise TransportError(f"update server unreachable: {exc.__class__.__name__}") from None
+        if response.status_code >= 500:
+            raise TransportError(f"update server answered {response.status_code}")
+        return response.content if response.ok else b"[]"
+
     def open_range(self, url_path: str, start: int, end: int) -> Iterator[bytes]:
         """Bytes [start, end) of an artifact; a stall longer than the timeout raises."""
         headers = {"Range": f"bytes={start}-{end - 1}"}

@@ -1,0 +1,44 @@
+"""Unit-tier fixtures: signed releases v1 -> v2 and the stand-in server that offers them."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fotalab.delta import best_delta
+from fotalab.manifest import ArtifactRef, DeltaRef, Manifest, sign_manifest
+
+from device_harness import EXPIRES, FakeServer, sha
+from samples import edit, make_image, make_payload
+
+
+@pytest.fixture(scope="module")
+def release(release_key):
+    """v1 (factory) and v2 images, the v1->v2 delta, and a signed manifest for v2."""
+    v1 = make_image(release_key, "1.0.0", make_payload(1))
+    v2 = make_image(release_key, "2.0.0", edit(make_payload(1), 2), counter=2)
+    delta = best_delta(v1, v2)
+
+    def manifest_for(image=v2, version="2.0.0", hardware="fotalab-m4", counter=2, deltas=None, signer=release_key):
+        refs = deltas if deltas is not None else (
+            DeltaRef("v1_to_v2.delta", len(delta.data), sha(delta.data), "1.0.0", sha(v1), delta.encoding),)
+        return sign_manifest(Manifest(hardware, version, counter, ArtifactRef("v2.img", len(image), sha(image)),
+                                      refs, EXPIRES), signer)
+    return {"v1": v1, "v2": v2, "delta": delta, "manifest_for": manifest_for}
+
+
+@pytest.fixture
+def factory_dir(tmp_path, release, release_key) -> Path:
+    factory = tmp_path / "factory"
+    factory.mkdir()
+    (factory / "fotalab-m4.img").write_bytes(release["v1"])
+    (factory / "trust.pem").write_bytes(release_key.public_pem)
+    return factory
+
+
+@pytest.fixture
+def server(release) -> FakeServer:
+    fake = FakeServer()
+    fake.manifest = release["manifest_for"]()
+    fake.files = {sha(release["v2"]): release["v2"], sha(release["delta"].data): release["delta"].data}
+    return fake
