@@ -35,6 +35,7 @@ import bz2
 import lzma
 import re
 import struct
+import zlib
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -68,6 +69,7 @@ class Delta:
 
 MAGIC = b"FOTD"
 FORMAT_VERSION = 1
+_HEADER = 10  # magic (4), format version (1), encoding id (1), CRC-32 of the rest (4)
 CHUNK = 1 << 16  # output is produced and written in pieces of at most this many bytes
 
 _ENC_IDS = {"bsdiff-lzma": 1, "thumb-lzma": 2, "aarch64-lzma": 3, "full-lzma": 4}
@@ -704,10 +706,19 @@ class _LzmaReader:
 
 
 class _Bz2Reader:
+    """Incremental bz2 reader with the same contract as _LzmaReader."""
+
     def __init__(self, stream: bytes, what: str) -> None:
         self._d = bz2.BZ2Decompressor()
         self._pending = stream
         self.what = what
+
+    def _more(self, need: int) -> bytes:
+        data, self._pending = self._pending, b""
+        try:
+            return self._d.decompress(data, max_length=need)
+        except (OSError, EOFError, ValueError) as e:
+            raise _fail(f"corrupt bz2 {self.what} stream ({e})") from None
 
     def read(self, n: int) -> bytes:
         parts = []
@@ -715,17 +726,35 @@ class _Bz2Reader:
         while need > 0:
             if self._d.eof:
                 raise _fail(f"bz2 {self.what} stream ended early")
-            data, self._pending = self._pending, b""
-            if not data and self._d.needs_input:
+            if not self._pending and self._d.needs_input:
                 raise _fail(f"truncated bz2 {self.what} stream")
-            try:
-                got = self._d.decompress(data, max_length=need)
-            except (OSError, EOFError, ValueError) as e:
-                raise _fail(f"corrupt bz2 {self.what} stream ({e})") from None
+            got = self._more(need)
             if got:
                 parts.append(got)
                 need -= len(got)
         return b"".join(parts)
+
+    def read_or_end(self, n: int) -> bytes | None:
+        """n bytes, or None at the clean end of the stream."""
+        if not self._d.eof:
+            if not self._pending and self._d.needs_input:
+                raise _fail(f"truncated bz2 {self.what} stream")
+            first = self._more(n)
+            if not first and self._d.eof:
+                return None
+            if len(first) < n:
+                first += self.read(n - len(first))
+            return first
+        return None
+
+    def finish(self) -> None:
+        if not self._d.eof:
+            if not self._pending and self._d.needs_input:
+                raise _fail(f"truncated bz2 {self.what} stream")
+            if self._more(1) or not self._d.eof:
+                raise _fail(f"bz2 {self.what} stream has more data than the control stream uses")
+        if self._d.unused_data or self._pending:
+            raise _fail(f"trailing bytes after the bz2 {self.what} stream")
 
 
 # --------------------------------------------------------------------------- the patch engine
@@ -803,32 +832,18 @@ def _apply_bsdiff4(old, data: bytes, write, max_output: int) -> None:
     def controls():
         produced = 0
         while True:
-            if cr._d.eof:
+            t = cr.read_or_end(24)
+            if t is None:
                 return
-            if cr._pending == b"" and cr._d.needs_input:
-                return
-            try:
-                chunk = cr._d.decompress(cr._pending, max_length=24)
-            except (OSError, EOFError, ValueError) as e:
-                raise _fail(f"corrupt bz2 control stream ({e})") from None
-            cr._pending = b""
-            while len(chunk) < 24 and not cr._d.eof and not cr._d.needs_input:
-                more = cr._d.decompress(b"", max_length=24 - len(chunk))
-                if not more:
-                    break
-                chunk += more
-            if not chunk:
-                if cr._d.eof:
-                    return
-                raise _fail("truncated bz2 control stream")
-            if len(chunk) != 24:
-                raise _fail("bsdiff4 control block is not a whole number of tuples")
             produced += 24
             if produced > ctrl_bytes_max:
                 raise _fail("bsdiff4 control block is longer than any valid one")
-            yield (_decode_int64(chunk[0:8]), _decode_int64(chunk[8:16]), _decode_int64(chunk[16:24]))
+            yield (_decode_int64(t[0:8]), _decode_int64(t[8:16]), _decode_int64(t[16:24]))
 
     _run(old, controls(), dr, er, new_size, _checked_write(write, new_size), None)
+    cr.finish()
+    dr.finish()
+    er.finish()
 
 
 def _parse_header(data: bytes, encoding: str, old_len: int, max_output: int):
@@ -843,7 +858,9 @@ def _parse_header(data: bytes, encoding: str, old_len: int, max_output: int):
         raise DeltaError(f"unknown delta encoding id {data[5]}; update the updater")
     if enc != encoding:
         raise _fail(f"delta labelled {encoding!r} holds a {enc!r} payload")
-    c = _Cursor(data, 6)
+    if len(data) < _HEADER or struct.unpack_from("<I", data, 6)[0] != zlib.crc32(memoryview(data)[_HEADER:]):
+        raise _fail("delta checksum mismatch (damaged in transit or storage)")
+    c = _Cursor(data, _HEADER)
     new_size = c.uvarint()
     if new_size > max_output:
         raise DeltaError(f"delta declares {new_size} output bytes, more than the allowed {max_output}")
@@ -997,18 +1014,20 @@ def _bsdiff_core(old: bytes, new: bytes):
     return _controls_from_core(ctrl), diff, extra
 
 
+def _seal(enc: str, body: bytes) -> bytes:
+    """magic, version, encoding id, CRC-32 of the body, body."""
+    return MAGIC + bytes((FORMAT_VERSION, _ENC_IDS[enc])) + struct.pack("<I", zlib.crc32(body)) + body
+
+
 def _container(enc: str, new_size: int, fields: list[int], streams: list[tuple[int, bytes]]) -> bytes:
-    head = bytearray(MAGIC)
-    head.append(FORMAT_VERSION)
-    head.append(_ENC_IDS[enc])
-    head += _uvarint(new_size)
+    head = bytearray(_uvarint(new_size))
     for f in fields:
         head += _uvarint(f)
     for d, _ in streams:
         head += _uvarint(d)
     for _, s in streams:
         head += _uvarint(len(s))
-    return bytes(head) + b"".join(s for _, s in streams)
+    return _seal(enc, bytes(head) + b"".join(s for _, s in streams))
 
 
 def _pack_streams(enc: str, old: bytes, new: bytes, controls, diff: bytes, extra: bytes,
@@ -1176,7 +1195,7 @@ def _encode_arch(enc: str, old: bytes, new: bytes, first, base: int | None, tune
         mm = _MoveMap.from_controls(controls, minseg)
         guide = _static_relocated(arch, old, base, mm, mode)
         controls, _, _ = _bsdiff_core(guide, new)
-        _, minseg, mode = _arch_params(arch, old, new, controls, base)
+    _, minseg, mode = _arch_params(arch, old, new, controls, base)
     mm = _MoveMap.from_controls(controls, minseg)
     outmap = _learn_outside(arch, old, new, controls, mm, minseg, base, mode)
     best = None
@@ -1285,10 +1304,7 @@ def _encode_full(new: bytes, tune: bool) -> bytes:
         bcjs = (_BCJ_ARMTHUMB if _arch_score("thumb", new) >= _MIN_ARCH_SCORE else _BCJ_NONE,)
     for bcj in bcjs:
         d, s = _lzma(new, bcj, tune)
-        head = bytearray(MAGIC)
-        head += bytes((FORMAT_VERSION, _ENC_IDS["full-lzma"]))
-        head += _uvarint(len(new)) + _uvarint(bcj) + _uvarint(d)
-        blob = bytes(head) + s
+        blob = _seal("full-lzma", _uvarint(len(new)) + _uvarint(bcj) + _uvarint(d) + s)
         if best is None or len(blob) < len(best):
             best = blob
     return best
@@ -1334,7 +1350,11 @@ def candidates(old: bytes, new: bytes, only: tuple[str, ...] | None = None) -> l
             base = _guess_base(_ARCHS[enc], old)
             out.append(Delta(enc, _encode_arch(enc, old, new, controls, base, tune)))
     if "full-lzma" in want:
-        out.append(Delta("full-lzma", _encode_full(new, tune)))
+        full = _encode_full(new, False)
+        # The full image is tuned (both BCJ choices, lc/lp/pb) only when it might win.
+        if tune and (not out or len(full) < 1.5 * min(len(d.data) for d in out)):
+            full = min(full, _encode_full(new, True), key=len)
+        out.append(Delta("full-lzma", full))
     return out
 
 

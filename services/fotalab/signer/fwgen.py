@@ -342,7 +342,7 @@ def _initial(rng: random.Random, g: _Gen, arch: str, size: int) -> _Model:
     base = 0x08000000 if thumb else 0x80000
     ram = 0x20000000 if thumb else 0x40000000
     m = _Model(arch, base, ram, [], {}, [], [], [], b"")
-    budget = int(size * _FILL)
+    budget = int((size - (64 * 4 if thumb else 0x800)) * _FILL)
     # strings (~12%), tables (~4%), data (~3%), text the rest
     str_budget = budget * 12 // 100
     used = 0
@@ -386,6 +386,9 @@ def _initial(rng: random.Random, g: _Gen, arch: str, size: int) -> _Model:
     m.strings[m.next_id] = b"fota-lab firmware v1.0.0 (" + arch.encode() + b")"
     m.string_order.insert(0, m.next_id)
     m.next_id += 1
+    while _content_size(m) > size * 0.95 and len(m.funcs) > 2:
+        m.funcs.pop()
+    _fix_calls(m)
     return m
 
 
