@@ -114,15 +114,20 @@ class Broker:
         _stop(self.process)
 
 
-def build_releases(root: Path, *, size: int = 64 * 1024, keys_dir: Path | None = None) -> Path:
-    """Run the real signer on a small release list; returns the release store."""
+def run_signer(root: Path, *args: str, size: int = 64 * 1024) -> Path:
+    """Run the real signer (`fota-signer ARGS`) on a small release list under `root`; returns
+    the release store. Keys live in root/keys, as keys/ does for the lab."""
     firmware = root / "firmware"
     firmware.mkdir(parents=True, exist_ok=True)
     (firmware / "releases.toml").write_text(LAB_RELEASES.format(size=size))
-    env = {**os.environ, "FOTA_FIRMWARE_DIR": str(firmware), "FOTA_KEYS_DIR": str(keys_dir or root / "keys"),
+    env = {**os.environ, "FOTA_FIRMWARE_DIR": str(firmware), "FOTA_KEYS_DIR": str(root / "keys"),
            "FOTA_RELEASES_DIR": str(root / "releases"), "FOTA_KEY_ALGORITHM": "ed25519"}
-    subprocess.run([sys.executable, "-m", "fotalab.signer.main"], env=env, check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "fotalab.signer.main", *args], env=env, check=True, capture_output=True)
     return root / "releases"
+
+
+def build_releases(root: Path, *, size: int = 64 * 1024) -> Path:
+    return run_signer(root, "build", size=size)
 
 
 @dataclass

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from ..durable import Flash
+from ..signing import key_id
 from . import journal as jr
 from .bootctl import SLOTS, BootControl
 from .bootloader import boot, check_slot, plan_boot
@@ -122,6 +123,7 @@ def inspect(config: DeviceConfig) -> dict:
                   for slot, c in checks.items()},
         "running": {"slot": state.active, **{"version": checks[state.active].version,
                                              "verified": not checks[state.active].error}} if plan else None,
+        "trusted_keys": [key_id(pem) for pem in load_verifier(flash).public_pems] if anchor else [],
         "bootable": bool(plan and plan.boot),
         "next_boot": plan.message if plan else "not provisioned",
     }

@@ -22,6 +22,7 @@ from pathlib import Path
 from ..delta import best_delta
 from ..image import ImageHeader, build_image
 from ..manifest import ArtifactRef, DeltaRef, Manifest, parse_document, sign_manifest
+from ..rotation import CHAIN_NAME
 from ..signing import Signer
 from .fwgen import firmware_versions
 from .releases import ReleasePlan, ReleaseSpec
@@ -95,7 +96,9 @@ def payloads_for(plan: ReleasePlan, hardware: str, firmware_dir: Path) -> dict[s
 
 
 def build_releases(plan: ReleasePlan, signer: Signer, firmware_dir: Path, out: Path,
-                   now: datetime | None = None) -> BuildReport:
+                   now: datetime | None = None, rotations: list[bytes] = ()) -> BuildReport:
+    """Build every release; `rotations` (oldest first) are published as key-rotations.json so
+    devices provisioned with an earlier key can follow the chain to the current one."""
     now = now or datetime.now(timezone.utc)
     store = ReleaseStore(out)
     previous = store.previous_index()
@@ -160,6 +163,8 @@ def build_releases(plan: ReleasePlan, signer: Signer, firmware_dir: Path, out: P
             factory[hardware] = built[0][2]
             write_atomic(out / "factory" / f"{hardware}.img", built[0][1])
 
+    if rotations:
+        store.put(json.dumps([json.loads(r) for r in rotations], indent=1).encode(), "rotation", [CHAIN_NAME])
     write_atomic(out / "factory" / "trust.pem", signer.public_pem)
     write_atomic(out / "keys" / "trust.pem", signer.public_pem)
     store.prune()

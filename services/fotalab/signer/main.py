@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..signing import ALGORITHMS
 from .build import build_releases
-from .keys import ensure_keys
+from .keys import ensure_keys, rotate_keys, rotation_chain
 from .releases import ReleaseListError, load_plan
 
 
@@ -36,13 +36,22 @@ class SignerConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fota-signer", description=__doc__)
-    parser.parse_args(argv)
+    parser = argparse.ArgumentParser(prog="fota-signer", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", nargs="?", default="build", choices=("build", "rotate-key"),
+                        help="build the releases (default), or replace the release key by a new one "
+                             "announced in a statement signed by the current key")
+    args = parser.parse_args(argv)
     config = SignerConfig.from_env()
     if config.key_algorithm not in ALGORITHMS:
         print(f"fota-signer: FOTA_KEY_ALGORITHM={config.key_algorithm!r} is not one of {ALGORITHMS}",
               file=sys.stderr)
         return 2
+    if args.command == "rotate-key":
+        old, new = rotate_keys(config.keys_dir, config.key_algorithm)
+        print(f"fota-signer: release key {old.key_id} replaced by {new.key_id}; the old key signed the "
+              f"handover. Run the signer again (docker compose up) to re-sign the releases.")
+        return 0
     started = time.monotonic()
     try:
         plan = load_plan(config.firmware_dir / "releases.toml")
@@ -51,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     signer, created = ensure_keys(config.keys_dir, config.key_algorithm)
     print(f"fota-signer: {'created' if created else 'using'} release key {signer.key_id} in {config.keys_dir}")
-    report = build_releases(plan, signer, config.firmware_dir, config.releases_dir)
+    report = build_releases(plan, signer, config.firmware_dir, config.releases_dir,
+                            rotations=rotation_chain(config.keys_dir))
     for line in report.built:
         print(f"  built  {line}")
     print(f"fota-signer: {len(report.built)} built, {len(report.reused)} reused, "
