@@ -84,6 +84,7 @@ _STREAM_DICT = 1 << 18
 _IMAGE_DICT = 1 << 20
 _MAX_CTRL_BYTES = 30  # upper bound of one varint-encoded control tuple
 _MAX_OUT_STEPS = 1 << 16  # most steps an outside-address map may have
+_MINSEG_MIN = 12  # shortest match a delta may let into the move map (bounds its size)
 _MIN_ARCH_SCORE = 0.2  # below this an image is not treated as code of that architecture
 _BCJ_NONE, _BCJ_ARMTHUMB = 0, 1
 
@@ -696,6 +697,20 @@ class _LzmaReader:
                 need -= len(got)
         return b"".join(parts)
 
+    def read_upto(self, n: int) -> bytes:
+        """Up to n bytes (at least one unless the stream has ended)."""
+        while not self._d.eof:
+            data, self._pending = self._pending, b""
+            if not data and self._d.needs_input:
+                raise _fail(f"truncated {self.what} stream")
+            try:
+                got = self._d.decompress(data, max_length=n)
+            except (lzma.LZMAError, EOFError) as e:
+                raise _fail(f"corrupt {self.what} stream ({e})") from None
+            if got:
+                return got
+        return b""
+
     def finish(self) -> None:
         if not self._d.eof:
             try:
@@ -945,35 +960,61 @@ def apply_delta_to(old: bytes, delta: Delta, write: Callable[[bytes], None], max
     for ln in lens:
         streams.append(data[p:p + ln])
         p += ln
-    # The control stream is small (bounded by n_ctrl) and read whole: the move map needs it.
-    cr = _LzmaReader(streams[0], dicts[0], "control")
-    controls = []
-    ctrl_raw = _ControlDecoder(cr, n_ctrl)
-    for _ in range(n_ctrl):
-        controls.append(ctrl_raw.next())
-    cr.finish()
     dr = _LzmaReader(streams[1], dicts[1], "diff")
     er = _LzmaReader(streams[2], dicts[2], "extra")
     reloc = None
     if arch:
-        reloc = _Relocator(arch, old, reloc_base, _MoveMap.from_controls(controls, minseg), ptrmode,
-                           outmap)
-    _run(old, iter(controls), dr, er, new_size, out, reloc)
+        # First pass over the (small) control stream: the move map. Only matches of at least
+        # minseg bytes enter it and their number is capped, so its memory stays a fraction of
+        # the declared output size whatever the delta says.
+        if minseg < _MINSEG_MIN:
+            raise _fail(f"move-map threshold {minseg} below the minimum {_MINSEG_MIN}")
+        cap = _max_segments(new_size)
+        segs = []
+        oldpos = newpos = 0
+        for x, y, z in _controls(streams[0], dicts[0], n_ctrl):
+            if newpos + x + y > new_size:
+                raise _fail(f"control tuple ({x}, {y}, {z}) runs past the declared output size")
+            if x >= minseg:
+                if len(segs) >= cap:
+                    raise _fail(f"move map has more than {cap} segments")
+                segs.append((oldpos, newpos - oldpos))
+            newpos += x + y
+            oldpos += x + z
+            if not -(1 << 40) < oldpos < (1 << 40):
+                raise _fail("control stream seeks far outside the old image")
+        reloc = _Relocator(arch, old, reloc_base, _MoveMap(segs), ptrmode, outmap)
+    _run(old, _controls(streams[0], dicts[0], n_ctrl), dr, er, new_size, out, reloc)
     dr.finish()
     er.finish()
     return total
 
 
+def _max_segments(new_size: int) -> int:
+    return 1024 + new_size // 256
+
+
+def _controls(stream: bytes, dict_size: int, n: int) -> Iterator[tuple[int, int, int]]:
+    dec = _ControlDecoder(_LzmaReader(stream, dict_size, "control"))
+    for _ in range(n):
+        yield dec.next()
+    dec.finish()
+
+
 class _ControlDecoder:
-    def __init__(self, reader: _LzmaReader, n: int) -> None:
+    """Varint control tuples (x, y, zigzag z) read from an LZMA stream in small blocks."""
+
+    def __init__(self, reader: _LzmaReader) -> None:
         self.r = reader
         self.buf = b""
         self.pos = 0
 
     def _byte(self) -> int:
         if self.pos >= len(self.buf):
-            self.buf = self.r.read(1)
+            self.buf = self.r.read_upto(4096)
             self.pos = 0
+            if not self.buf:
+                raise _fail("control stream ended early")
         b = self.buf[self.pos]
         self.pos += 1
         return b
@@ -993,6 +1034,11 @@ class _ControlDecoder:
         y = self._uv()
         u = self._uv()
         return x, y, (u >> 1) ^ -(u & 1)
+
+    def finish(self) -> None:
+        if self.pos != len(self.buf):
+            raise _fail("control stream has more tuples than the header declares")
+        self.r.finish()
 
 
 def apply_delta(old: bytes, delta: Delta, max_output: int) -> bytes:
@@ -1202,6 +1248,8 @@ def _encode_arch(enc: str, old: bytes, new: bytes, first, base: int | None, tune
         guide = _static_relocated(arch, old, base, mm, mode)
         controls, _, _ = _bsdiff_core(guide, new)
     _, minseg, mode = _arch_params(arch, old, new, controls, base)
+    while sum(1 for x, _, _ in controls if x >= minseg) > _max_segments(len(new)):
+        minseg *= 2  # keep within what appliers accept
     mm = _MoveMap.from_controls(controls, minseg)
     outmap = _learn_outside(arch, old, new, controls, mm, minseg, base, mode)
     best = None
