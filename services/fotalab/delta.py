@@ -35,7 +35,9 @@ import bz2
 import lzma
 import re
 import struct
+import sys
 import zlib
+from array import array
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -84,6 +86,7 @@ _STREAM_DICT = 1 << 18
 _IMAGE_DICT = 1 << 20
 _MAX_CTRL_BYTES = 30  # upper bound of one varint-encoded control tuple
 _MAX_OUT_STEPS = 1 << 16  # most steps an outside-address map may have
+_SAMPLE = 2 << 20  # architecture and load-address guesses look at the first 2 MiB only
 _MINSEG_MIN = 12  # shortest match a delta may let into the move map (bounds its size)
 _MIN_ARCH_SCORE = 0.2  # below this an image is not treated as code of that architecture
 _BCJ_NONE, _BCJ_ARMTHUMB = 0, 1
@@ -363,7 +366,6 @@ class _Relocator:
         self.mm = mm
         self.out = out
         self.n = len(old)
-        self._ptr_pat = None
 
     def _tshift(self, t: int) -> int | None:
         """Predicted move of old offset t (None: leave the field alone)."""
@@ -379,40 +381,23 @@ class _Relocator:
             return mode_ok
         return self.out is not None and self.out.shift(t) is not None
 
-    def _ptr_re(self):
-        """Regex matching, from byte 2 of an aligned word, the high bytes of every value in
-        [base, base + len(old)]: a C-speed prefilter for the pointer scan."""
-        if getattr(self, "_ptr_pat", None) is None:
-            width = 2 if self.arch == "thumb" else 6
-            bits = 8 * (width + 2)
-            ranges = [(self.base, self.base + self.n)]
-            if self.out is not None and self.out.starts:
-                ranges.append((self.base + self.out.starts[0], self.base + self.out.end))
-            alts = []
-            for rlo, rhi in ranges:
-                rlo = max(rlo, 0)
-                rhi = min(rhi, (1 << bits) - 1)
-                if rlo > rhi:
-                    continue
-                v, hi = rlo >> 16, rhi >> 16
-                if hi - v > 1024:  # wide range: match the high bytes all its values share
-                    lo_b = v.to_bytes(width, "little")
-                    hi_b = hi.to_bytes(width, "little")
-                    k = width
-                    while k > 0 and lo_b[k - 1] == hi_b[k - 1]:
-                        k -= 1
-                    alts.append(b"[\\x00-\\xff]" * k + re.escape(lo_b[k:]))
-                    continue
-                while v <= hi:  # group runs that share all but the lowest byte of (v)
-                    run_end = min(hi, v | 0xFF)
-                    tail = (v >> 8).to_bytes(width - 1, "little")
-                    alts.append(b"[" + re.escape(bytes([v & 0xFF])) + b"-"
-                                + re.escape(bytes([run_end & 0xFF])) + b"]" + re.escape(tail))
-                    v = run_end + 1
-            if not alts:
-                alts = [b"(?!)"]
-            self._ptr_pat = re.compile(b"(?=(?:" + b"|".join(alts) + b"))", re.DOTALL)
-        return self._ptr_pat
+    def _ptr_candidates(self, a: int, b: int, step: int):
+        """(pos, value) of the step-aligned words overlapping [a, b) whose value lies in the
+        image or in the outside map's range (array scan: C speed for the bulk)."""
+        q0 = (max(0, a - step + 1) + step - 1) & -step
+        q1 = min(b, self.n - step + 1)
+        if q1 <= q0:
+            return []
+        q1 = q0 + ((q1 - q0 + step - 1) // step) * step
+        words = array("I" if step == 4 else "Q", self.old[q0:q1])
+        if sys.byteorder != "little":
+            words.byteswap()
+        lo, hi = self.base, self.base + self.n
+        if self.out is not None and self.out.starts:
+            olo, ohi = self.base + self.out.starts[0], self.base + self.out.end
+        else:
+            olo, ohi = 1, 0
+        return [(q0 + i * step, v) for i, v in enumerate(words) if lo <= v <= hi or olo <= v < ohi]
 
     # ---- Thumb
     def _thumb_fields(self, a: int, b: int):
@@ -434,14 +419,7 @@ class _Relocator:
                 out.append((p, 0, 0))
         if self.base is not None:
             odd_only = self.ptrmode == 1
-            unpack = struct.unpack_from
-            q0 = (max(0, a - 3) + 3) & ~3
-            end = min(b, self.n - 3)
-            for m in self._ptr_re().finditer(old, q0 + 2, min(self.n, end + 8)):
-                q = m.start() - 2
-                if q & 3 or q >= end:
-                    continue
-                v = unpack("<I", old, q)[0]
+            for q, v in self._ptr_candidates(a, b, 4):
                 if self._is_ptr(v, bool(v & 1 or not odd_only)):
                     if not (_thumb_bl_match(old, q - 2) or _thumb_bl_match(old, q)
                             or _thumb_bl_match(old, q + 2)):
@@ -520,13 +498,7 @@ class _Relocator:
                 out.append((p, 4, 0))
         if self.base is not None:
             aligned_only = self.ptrmode == 1
-            q0 = (max(0, a - 7) + 7) & ~7
-            end = min(b, n - 7)
-            for m in self._ptr_re().finditer(old, q0 + 2, min(n, end + 8)):
-                q = m.start() - 2
-                if q & 7 or q >= end:
-                    continue
-                v = unpack("<Q", old, q)[0]
+            for q, v in self._ptr_candidates(a, b, 8):
                 if self._is_ptr(v, not (v & 3 and aligned_only)):
                     out.append((q, 2, 0))
         out.sort()
@@ -621,6 +593,9 @@ class _Relocator:
         for p, kind, t in fields:
             enc = value(p, kind, t, s_cur)
             if enc is None:
+                continue
+            if p >= a and p + len(enc) <= b:
+                buf[p - a:p - a + len(enc)] = enc
                 continue
             lo = max(p, a)
             hi = min(p + len(enc), b)
@@ -1138,6 +1113,7 @@ def _arch_score(arch: str, old: bytes) -> float:
     data or another instruction set."""
     import collections
 
+    old = old[:_SAMPLE]
     n = len(old)
     r = _Relocator(arch, old, None, _MoveMap([]), 0)
     targets = collections.Counter()
@@ -1163,6 +1139,7 @@ def _guess_base(arch: str, old: bytes) -> int | None:
     """
     import collections
 
+    old = old[:_SAMPLE]
     n = len(old)
     r = _Relocator(arch, old, None, _MoveMap([]))
     tset = set()
@@ -1182,10 +1159,10 @@ def _guess_base(arch: str, old: bytes) -> int | None:
             index[t & 0xFFF].append(t)
     if not index:
         return None
-    votes: dict[int, set] = collections.defaultdict(set)
+    votes: collections.Counter = collections.Counter()
     step, fmt = (4, "<I") if arch == "thumb" else (8, "<Q")
-    for q in range(0, n - step + 1, step):
-        v = struct.unpack_from(fmt, old, q)[0]
+    values = {v for (v,) in struct.iter_unpack(fmt, old[:n - n % step])}
+    for v in values:  # each distinct pointer-like value votes once
         if arch == "thumb":
             if not v & 1:
                 continue
@@ -1194,8 +1171,8 @@ def _guess_base(arch: str, old: bytes) -> int | None:
             continue
         for t in index.get(v & 0xFFF, ()):
             if v >= t:
-                votes[v - t].add(v)
-    ranked = sorted(((len(s), b) for b, s in votes.items()), reverse=True)[:2] + [(0, None), (0, None)]
+                votes[v - t] += 1
+    ranked = sorted(((c, b) for b, c in votes.items()), reverse=True)[:2] + [(0, None), (0, None)]
     (c1, b1), (c2, _) = ranked[0], ranked[1]
     if c1 < 8 or c1 < 3 * c2:
         return None
@@ -1312,23 +1289,30 @@ def _learn_outside(arch: str, old: bytes, new: bytes, controls, mm: _MoveMap, mi
                         q += step
         newpos += x + y
         oldpos += x + z
-    moved = [t for t, c in records.items() if any(c)]
+    moved = sorted(records)
     if not moved:
         return None
-    # Unchanged words inside the span of the moved ones bound the steps (shift 0).
-    span_lo, span_hi = min(moved) - 0x1000, max(moved) + 0x1000
+    # Unchanged words near the moved ones bound the steps (shift 0).
+    zeros: collections.Counter = collections.Counter()
     for q0, q1, s in same:
         for (a,), (b,) in zip(struct.iter_unpack(fmt, old[q0:q1]), struct.iter_unpack(fmt, new[q0 + s:q1 + s])):
-            if a == b and span_lo <= a - base <= span_hi and not 0 <= a - base <= n:
-                records[a - base][0] += 1
+            if a == b:
+                t = a - base
+                if not 0 <= t <= n and t >= low:
+                    i = bisect.bisect_left(moved, t - 0x1000)
+                    if i < len(moved) and moved[i] <= t + 0x1000:
+                        zeros[t] += 1
     runs: list[list[int]] = []  # [first t, last t, shift, support]
-    for t in sorted(records):
-        d, c = records[t].most_common(1)[0]
+    for t in sorted(set(moved).union(zeros)):
+        c = records.get(t)
+        d, k = c.most_common(1)[0] if c else (0, 0)
+        if zeros.get(t, 0) > k:
+            d, k = 0, zeros[t]
         if runs and runs[-1][2] == d:
             runs[-1][1] = t
-            runs[-1][3] += c
+            runs[-1][3] += k
         else:
-            runs.append([t, t, d, c])
+            runs.append([t, t, d, k])
     merged: list[list[int]] = []
     for r in runs:
         if r[3] < 2:
