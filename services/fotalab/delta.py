@@ -362,6 +362,7 @@ class _Relocator:
         # 4-aligned); 2: every aligned word whose value lands in the image. Pointers into
         # the outside map's range are taken whatever the mode (when there is a base).
         self.base = base if ptrmode else None
+        self.pbase = base or 0  # load address: ADRP page arithmetic uses absolute addresses
         self.ptrmode = ptrmode
         self.mm = mm
         self.out = out
@@ -466,7 +467,7 @@ class _Relocator:
             imm = ((w >> 29) & 3) | (((w >> 5) & 0x7FFFF) << 2)
             if imm & (1 << 20):
                 imm -= 1 << 21
-            page = (p & ~0xFFF) + (imm << 12)
+            page = ((p + self.pbase) & ~0xFFF) + (imm << 12) - self.pbase
             rd = w & 31
             first = None
             q = p + 4
@@ -524,7 +525,7 @@ class _Relocator:
             if sh is None:
                 return None
             t2 = t + sh
-            pages = (t2 >> 12) - ((p + s_cur) >> 12)
+            pages = ((t2 + self.pbase) >> 12) - ((p + s_cur + self.pbase) >> 12)
             if not -(1 << 20) <= pages < (1 << 20):
                 return None
             pages &= (1 << 21) - 1
@@ -534,7 +535,7 @@ class _Relocator:
             if sh is None:
                 return None
             scale = _a64_lo12_kind(w) - 1
-            lo12 = (t + sh) & 0xFFF
+            lo12 = (t + sh + self.pbase) & 0xFFF
             if lo12 & ((1 << scale) - 1):
                 return None
             return struct.pack("<I", (w & 0xFFC003FF) | ((lo12 >> scale) << 10))
@@ -919,8 +920,7 @@ def apply_delta_to(old: bytes, delta: Delta, write: Callable[[bytes], None], max
     if arch:
         minseg = c.uvarint(1 << 32)
         ptrmode = c.uvarint(2)
-        if ptrmode:
-            reloc_base = c.uvarint(1 << 64)
+        reloc_base = c.uvarint(1 << 64)
         outmap = _read_outmap(c)
     n_ctrl = c.uvarint(new_size + 1)
     ctrl_bound = n_ctrl * _MAX_CTRL_BYTES
@@ -1132,51 +1132,69 @@ def _arch_score(arch: str, old: bytes) -> float:
 
 
 def _guess_base(arch: str, old: bytes) -> int | None:
-    """Load address of the image, or None when no base stands out.
+    """Load address of the image (minus any header in front of it), or None when no base
+    stands out.
 
-    Votes over 4 KiB-aligned candidates: a base scores one per distinct absolute code pointer
-    that lands on a call target or a function prologue once the base is subtracted.
+    A base scores one per distinct absolute code pointer that lands on a call target or a
+    function prologue once the base is subtracted. Candidates: first 4 KiB-aligned bases
+    (votes matched on the low 12 bits); failing that, any base (an image wrapped in a header),
+    from the differences between the densest cluster of pointer values and the most-called
+    functions.
     """
     import collections
 
     old = old[:_SAMPLE]
     n = len(old)
     r = _Relocator(arch, old, None, _MoveMap([]))
-    tset = set()
+    calls: collections.Counter = collections.Counter()
     if arch == "thumb":
         for p, _, _ in r._thumb_fields(0, n):
-            tset.add(p + 4 + _thumb_bl_decode(old, p))
-        tset.update(m.start() for m in _THUMB_PROLOGUE.finditer(old) if not m.start() & 1)
+            calls[p + 4 + _thumb_bl_decode(old, p)] += 1
+        prologues = [m.start() for m in _THUMB_PROLOGUE.finditer(old) if not m.start() & 1]
     else:
         for p, kind, _ in r._a64_fields(0, n):
             if kind == 0:
                 imm = struct.unpack_from("<I", old, p)[0] & 0x3FFFFFF
-                tset.add(p + (imm - (1 << 26) if imm & 0x2000000 else imm) * 4)
-        tset.update(m.start() for m in _A64_PROLOGUE.finditer(old) if not m.start() & 3)
-    index: dict[int, list[int]] = collections.defaultdict(list)
-    for t in tset:
-        if 0 <= t < n:
-            index[t & 0xFFF].append(t)
-    if not index:
+                calls[p + (imm - (1 << 26) if imm & 0x2000000 else imm) * 4] += 1
+        prologues = [m.start() for m in _A64_PROLOGUE.finditer(old) if not m.start() & 3]
+    tset = {t for t in calls if 0 <= t < n}
+    tset.update(prologues)
+    if not tset:
         return None
-    votes: collections.Counter = collections.Counter()
     step, fmt = (4, "<I") if arch == "thumb" else (8, "<Q")
-    values = {v for (v,) in struct.iter_unpack(fmt, old[:n - n % step])}
-    for v in values:  # each distinct pointer-like value votes once
+    pvals = set()
+    for (v,) in struct.iter_unpack(fmt, old[:n - n % step]):
         if arch == "thumb":
             if not v & 1:
                 continue
             v -= 1
-        if v >= 1 << 40:
-            continue
+        if 0x100 <= v < 1 << 40:
+            pvals.add(v)
+
+    def decide(votes: collections.Counter) -> int | None:
+        ranked = votes.most_common(2) + [(None, 0), (None, 0)]
+        (b1, c1), (_, c2) = ranked[0], ranked[1]
+        return b1 if c1 >= 8 and c1 >= 3 * c2 else None
+
+    index: dict[int, list[int]] = collections.defaultdict(list)
+    for t in tset:
+        index[t & 0xFFF].append(t)
+    votes: collections.Counter = collections.Counter()
+    for v in pvals:  # each distinct pointer-like value votes once
         for t in index.get(v & 0xFFF, ()):
             if v >= t:
                 votes[v - t] += 1
-    ranked = sorted(((c, b) for b, c in votes.items()), reverse=True)[:2] + [(0, None), (0, None)]
-    (c1, b1), (c2, _) = ranked[0], ranked[1]
-    if c1 < 8 or c1 < 3 * c2:
-        return None
-    return b1
+    base = decide(votes)
+    if base is not None:
+        return base
+    clusters = collections.Counter(v >> 20 for v in pvals)
+    dense = {k for k, _ in clusters.most_common(2)}
+    anchors = [t for t, _ in calls.most_common(32) if 0 <= t < n]
+    guesses = collections.Counter(v - t for v in pvals if v >> 20 in dense for t in anchors if v >= t)
+    scores: collections.Counter = collections.Counter()
+    for b, _ in guesses.most_common(4):
+        scores[b] = sum(1 for v in pvals if v - b in tset)
+    return decide(scores)
 
 
 _MINSEGS = (12, 24, 32, 64, 128, 256)
@@ -1233,7 +1251,7 @@ def _encode_arch(enc: str, old: bytes, new: bytes, first, base: int | None, tune
     for om in ([None, outmap] if outmap is not None else [None]):
         reloc = _Relocator(arch, old, base, mm, mode, om)
         diff, extra = _exact_diff(old, new, controls, reloc)
-        fields = [minseg, mode] + ([base] if mode else []) + (om.to_fields() if om else [0])
+        fields = [minseg, mode, base or 0] + (om.to_fields() if om else [0])
         blob = _pack_streams(enc, old, new, controls, diff, extra, fields, tune)
         if best is None or len(blob) < len(best):
             best = blob
@@ -1247,8 +1265,8 @@ def _learn_outside(arch: str, old: bytes, new: bytes, controls, mm: _MoveMap, mi
     keep the shifts that several fields agree on, as steps over the target address."""
     import collections
 
-    ro = _Relocator(arch, old, None, mm, 0)  # instruction fields only
-    rn = _Relocator(arch, new, None, _MoveMap([]), 0)
+    ro = _Relocator(arch, old, base, mm, 0)  # instruction fields only
+    rn = _Relocator(arch, new, base, _MoveMap([]), 0)
     n = len(old)
     low = 0x10000 - (base or 0)
     records: dict[int, collections.Counter] = collections.defaultdict(collections.Counter)

@@ -326,3 +326,16 @@ def test_move_map_threshold_and_size_are_bounded_by_the_applier():
     blob = D._pack_streams("aarch64-lzma", old, out, many, bytes(16 * n), b"", [12, 0, 0], False)
     with pytest.raises(DeltaError, match="segments"):
         apply_delta(old, Delta("aarch64-lzma", blob), 16 * n)
+
+
+@pytest.mark.parametrize("arch,base", [("thumb", 0x08000000), ("aarch64", 0x80000)])
+def test_load_address_is_found_behind_a_header(arch, base):
+    # Signed lab images put a 64-byte header in front of the payload: the base is then not
+    # 4 KiB-aligned, and pointers must still be relocated.
+    old, new = generated_pair(arch)
+    assert D._guess_base(arch, old) == base
+    assert D._guess_base(arch, b"H" * 64 + old) == base - 64
+    wrapped = D.encode(b"H" * 64 + old + b"S" * 72, b"H" * 64 + new + b"T" * 72, f"{arch}-lzma")
+    plain = all_encodings("gen", arch)[f"{arch}-lzma"]
+    assert len(wrapped.data) < len(plain.data) * 1.1
+    assert apply_delta(b"H" * 64 + old + b"S" * 72, wrapped, len(new) + 136) == b"H" * 64 + new + b"T" * 72
