@@ -313,9 +313,9 @@ def test_move_map_threshold_and_size_are_bounded_by_the_applier():
     old = bytes(range(256)) * 64
     new = old
     controls = [(len(old), 0, 0)]
-    ok = D._pack_streams("thumb-lzma", old, new, controls, bytes(len(old)), b"", [24, 0, 0], False)
+    ok = D._pack_streams("thumb-lzma", old, new, controls, bytes(len(old)), b"", [24, 0, 0, 0], False)
     assert apply_delta(old, Delta("thumb-lzma", ok), len(new)) == new
-    low = D._pack_streams("thumb-lzma", old, new, controls, bytes(len(old)), b"", [4, 0, 0], False)
+    low = D._pack_streams("thumb-lzma", old, new, controls, bytes(len(old)), b"", [4, 0, 0, 0], False)
     with pytest.raises(DeltaError, match="threshold"):
         apply_delta(old, Delta("thumb-lzma", low), len(new))
     # many long matches for a tiny output: more move-map segments than any real delta has
@@ -323,7 +323,7 @@ def test_move_map_threshold_and_size_are_bounded_by_the_applier():
     assert n > D._max_segments(16 * n)
     many = [(16, 0, -16)] * n
     out = old[:16] * n
-    blob = D._pack_streams("aarch64-lzma", old, out, many, bytes(16 * n), b"", [12, 0, 0], False)
+    blob = D._pack_streams("aarch64-lzma", old, out, many, bytes(16 * n), b"", [12, 0, 0, 0], False)
     with pytest.raises(DeltaError, match="segments"):
         apply_delta(old, Delta("aarch64-lzma", blob), 16 * n)
 
