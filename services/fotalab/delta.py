@@ -74,10 +74,11 @@ FORMAT_VERSION = 1
 _HEADER = 10  # magic (4), format version (1), encoding id (1), CRC-32 of the rest (4)
 CHUNK = 1 << 16  # output is produced and written in pieces of at most this many bytes
 
-_ENC_IDS = {"bsdiff-lzma": 1, "thumb-lzma": 2, "aarch64-lzma": 3, "full-lzma": 4}
+_ENC_IDS = {"bsdiff-lzma": 1, "thumb-lzma": 2, "aarch64-lzma": 3, "full-lzma": 4, "xtensa-lzma": 5}
 _ID_ENCS = {v: k for k, v in _ENC_IDS.items()}
-ENCODINGS: tuple[str, ...] = ("bsdiff4", "bsdiff-lzma", "thumb-lzma", "aarch64-lzma", "full-lzma")
-_ARCHS = {"thumb-lzma": "thumb", "aarch64-lzma": "aarch64"}
+ENCODINGS: tuple[str, ...] = ("bsdiff4", "bsdiff-lzma", "thumb-lzma", "aarch64-lzma", "xtensa-lzma",
+                              "full-lzma")
+_ARCHS = {"thumb-lzma": "thumb", "aarch64-lzma": "aarch64", "xtensa-lzma": "xtensa"}
 
 _MAX_DICT = 1 << 26  # hard cap of any LZMA2 dictionary a delta may ask for
 # Dictionaries the encoder uses: the decoder allocates them, so they bound the device's RAM.
@@ -563,6 +564,10 @@ class _Relocator:
             if kind == 0:
                 return p + 4 + _thumb_bl_decode(old, p)
             return struct.unpack_from("<I", old, p)[0] - self.base
+        if self.arch == "xtensa":
+            if kind == 0:
+                return _xt_decode(old, p)
+            return struct.unpack_from("<I", old, p)[0] - self.base
         w = struct.unpack_from("<I", old, p)[0]
         if kind == 0:
             imm = w & 0x3FFFFFF
@@ -575,19 +580,68 @@ class _Relocator:
         return t
 
     def fields(self, a: int, b: int):
-        return self._thumb_fields(a, b) if self.arch == "thumb" else self._a64_fields(a, b)
+        if self.arch == "thumb":
+            return self._thumb_fields(a, b)
+        if self.arch == "aarch64":
+            return self._a64_fields(a, b)
+        return self._xt_fields(a, b)
+
+    # ---- Xtensa (ESP8266/ESP32): CALL0/CALL8, 3 bytes at any byte offset, and 32-bit pointers
+    def _xt_popular(self) -> set:
+        """Targets called from at least two places: only calls to those are relocated (a CALL
+        pattern matches 1 byte in 32 of anything; real calls share their targets)."""
+        pop = getattr(self, "_xt_pop", None)
+        if pop is None:
+            import collections
+
+            old, n = self.old, self.n
+            count: collections.Counter = collections.Counter()
+            for m in _XT_CALL.finditer(old, 0, max(0, n - 2)):
+                count[_xt_decode(old, m.start())] += 1
+            pop = self._xt_pop = {t for t, c in count.items() if c >= 2 and 0 <= t < n}
+        return pop
+
+    def _xt_fields(self, a: int, b: int):
+        old, n = self.old, self.n
+        pop = self._xt_popular()
+        cands = [m.start() for m in _XT_CALL.finditer(old, max(0, a - 4), max(0, min(n - 2, b + 2)))
+                 if _xt_decode(old, m.start()) in pop]
+        out = []
+        for i, p in enumerate(cands):
+            if (i and cands[i - 1] >= p - 2) or (i + 1 < len(cands) and cands[i + 1] <= p + 2):
+                continue  # overlapping candidates: leave alone
+            if p + 3 > a and p < b:
+                out.append((p, 0, 0))
+        if self.base is not None:
+            aligned_only = self.ptrmode == 1
+            for q, v in self._ptr_candidates(a, b, 4):
+                if self._is_ptr(v, not (v & 3 and aligned_only)):
+                    out.append((q, 1, 0))
+            out.sort()
+        return out
+
+    def _xt_value(self, p: int, kind: int, t: int, s_cur: int) -> bytes | None:
+        old = self.old
+        if kind == 0:
+            t = _xt_decode(old, p)
+            sh = self._tshift(t)
+            if sh is None:
+                return None
+            d = t + sh - (((p + s_cur) & ~3) + 4)
+            if d & 3 or not -(1 << 19) <= d < (1 << 19):
+                return None
+            v = (old[p] & 0x3F) | (((d >> 2) & 0x3FFFF) << 6)
+            return bytes((v & 0xFF, (v >> 8) & 0xFF, v >> 16))
+        v = struct.unpack_from("<I", old, p)[0]
+        return struct.pack("<I", (v + self._tshift(v - self.base)) & 0xFFFFFFFF)
 
     def region(self, a: int, b: int, s_cur: int) -> bytes:
         """old'[a:b]: old with addresses predicted for a region that lands at a + s_cur."""
         raw = _old_slice(self.old, a, b)
         if b <= 0 or a >= self.n:
             return raw
-        if self.arch == "thumb":
-            fields = self._thumb_fields(a, b)
-            value = self._thumb_value
-        else:
-            fields = self._a64_fields(a, b)
-            value = self._a64_value
+        fields = self.fields(a, b)
+        value = {"thumb": self._thumb_value, "aarch64": self._a64_value}.get(self.arch, self._xt_value)
         if not fields:
             return raw
         buf = bytearray(raw)
@@ -603,6 +657,18 @@ class _Relocator:
             if lo < hi:
                 buf[lo - a:hi - a] = enc[lo - p:hi - p]
         return bytes(buf)
+
+
+_XT_CALL = re.compile(rb"[\x05\x45\x85\xc5\x25\x65\xa5\xe5]")  # CALL0 / CALL8 first byte
+
+
+def _xt_decode(old, p: int) -> int:
+    """Target of the Xtensa CALLn at p: (p & ~3) + 4 + 4 * signed 18-bit offset."""
+    v = old[p] | old[p + 1] << 8 | old[p + 2] << 16
+    off = v >> 6
+    if off & (1 << 17):
+        off -= 1 << 18
+    return (p & ~3) + (off << 2) + 4
 
 
 def _a64_lo12_kind(w2: int) -> int:
@@ -629,7 +695,7 @@ def _lzma(data: bytes, bcj: int = _BCJ_NONE, tune: bool = True,
     """Raw LZMA2 of ``data``; returns (dict_size, stream). ``tune`` tries a few lc/lp/pb."""
     dict_size = max(4096, min((len(data) + 4095) & ~4095, dict_max))
     best = None
-    props = _LZMA_PROPS if tune else _LZMA_PROPS[:1]
+    props = _LZMA_PROPS if tune and len(data) >= 256 else _LZMA_PROPS[:1]
     for lc, lp, pb in props:
         filters = [{"id": lzma.FILTER_LZMA2, "preset": preset,
                     "dict_size": dict_size, "lc": lc, "lp": lp, "pb": pb}]
@@ -1104,6 +1170,8 @@ def _static_relocated(arch: str, old: bytes, base: int | None, mm: _MoveMap, mod
 
 _THUMB_PROLOGUE = re.compile(rb"(?=[\x00-\xff]\xb5|\x2d\xe9)")  # PUSH {..., lr} / PUSH.W
 _A64_PROLOGUE = re.compile(rb"(?=\xfd\x7b[\x00-\xff]\xa9)")  # STP x29, x30, [sp, #-n]!
+# Xtensa: ADDI a1, a1, -n (call0 ABI) / ENTRY a1, n (windowed ABI)
+_XT_PROLOGUE = re.compile(rb"(?=\x12\xc1[\x80-\xff]|\x36[\x41\x61\x81\xa1\xc1\xe1]\x00)")
 
 
 def _arch_score(arch: str, old: bytes) -> float:
@@ -1120,6 +1188,9 @@ def _arch_score(arch: str, old: bytes) -> float:
     if arch == "thumb":
         for p, _, _ in r._thumb_fields(0, n):
             targets[p + 4 + _thumb_bl_decode(old, p)] += 1
+    elif arch == "xtensa":
+        for m in _XT_CALL.finditer(old, 0, max(0, n - 2)):
+            targets[_xt_decode(old, m.start())] += 1
     else:
         for p, kind, _ in r._a64_fields(0, n):
             if kind == 0:
@@ -1151,6 +1222,10 @@ def _guess_base(arch: str, old: bytes) -> int | None:
         for p, _, _ in r._thumb_fields(0, n):
             calls[p + 4 + _thumb_bl_decode(old, p)] += 1
         prologues = [m.start() for m in _THUMB_PROLOGUE.finditer(old) if not m.start() & 1]
+    elif arch == "xtensa":
+        for p, kind, _ in r._xt_fields(0, n):
+            calls[_xt_decode(old, p)] += 1
+        prologues = [m.start() for m in _XT_PROLOGUE.finditer(old) if not m.start() & 3]
     else:
         for p, kind, _ in r._a64_fields(0, n):
             if kind == 0:
@@ -1161,7 +1236,7 @@ def _guess_base(arch: str, old: bytes) -> int | None:
     tset.update(prologues)
     if not tset:
         return None
-    step, fmt = (4, "<I") if arch == "thumb" else (8, "<Q")
+    step, fmt = (8, "<Q") if arch == "aarch64" else (4, "<I")
     pvals = set()
     for (v,) in struct.iter_unpack(fmt, old[:n - n % step]):
         if arch == "thumb":
@@ -1252,10 +1327,11 @@ def _encode_arch(enc: str, old: bytes, new: bytes, first, base: int | None, tune
         reloc = _Relocator(arch, old, base, mm, mode, om)
         diff, extra = _exact_diff(old, new, controls, reloc)
         fields = [minseg, mode, base or 0] + (om.to_fields() if om else [0])
-        blob = _pack_streams(enc, old, new, controls, diff, extra, fields, tune)
-        if best is None or len(blob) < len(best):
-            best = blob
-    return best
+        quick = len(_lzma(diff, tune=False, preset=6)[1]) + sum(map(len, map(_uvarint, fields)))
+        if best is None or quick < best[0]:
+            best = (quick, diff, extra, fields)
+    _, diff, extra, fields = best
+    return _pack_streams(enc, old, new, controls, diff, extra, fields, tune)
 
 
 def _learn_outside(arch: str, old: bytes, new: bytes, controls, mm: _MoveMap, minseg: int,
@@ -1271,7 +1347,7 @@ def _learn_outside(arch: str, old: bytes, new: bytes, controls, mm: _MoveMap, mi
     low = 0x10000 - (base or 0)
     records: dict[int, collections.Counter] = collections.defaultdict(collections.Counter)
     same: list[tuple[int, int, int]] = []  # aligned words equal in old and new: (start, end, s)
-    step, fmt = (4, "<I") if arch == "thumb" else (8, "<Q")
+    step, fmt = (8, "<Q") if arch == "aarch64" else (4, "<I")
     oldpos = newpos = 0
     for x, y, z in controls:
         if x >= minseg:
@@ -1385,7 +1461,7 @@ def candidates(old: bytes, new: bytes, only: tuple[str, ...] | None = None) -> l
     tune = len(new) < (1 << 20)  # lc/lp/pb and BCJ trials only where they are cheap
     out: list[Delta] = []
     ctrl_bytes, diff, extra = None, None, None
-    if want & {"bsdiff4", "bsdiff-lzma", "thumb-lzma", "aarch64-lzma"}:
+    if want - {"full-lzma"}:
         import bsdiff4.core
 
         ctrl_bytes, diff, extra = bsdiff4.core.diff(old, new)
@@ -1400,7 +1476,7 @@ def candidates(old: bytes, new: bytes, only: tuple[str, ...] | None = None) -> l
     if "bsdiff-lzma" in want:
         out.append(Delta("bsdiff-lzma", _pack_streams("bsdiff-lzma", old, new, controls, diff, extra,
                                                       [], tune)))
-    for enc in ("thumb-lzma", "aarch64-lzma"):
+    for enc in ("thumb-lzma", "aarch64-lzma", "xtensa-lzma"):
         # Relocation only pays on code of that instruction set: skip it elsewhere unless asked.
         if enc in want and (only is not None or _arch_score(_ARCHS[enc], old) >= _MIN_ARCH_SCORE):
             base = _guess_base(_ARCHS[enc], old)

@@ -79,6 +79,16 @@ def test_relocating_encoding_beats_plain_bsdiff4(kind, name):
     assert best_filtered < len(deltas["bsdiff4"].data)
 
 
+def test_xtensa_encoding_on_a_slice_of_the_esp8266_pair():
+    old, new = real_pair("esp8266_micropython_v1.9.4_to_v1.10")
+    old, new = old[0x30000:0x40000], new[0x30000:0x40000]  # 64 KiB of irom0 code
+    assert D._arch_score("xtensa", old) > 0.2
+    assert D._guess_base("xtensa", old) == 0x40230000  # irom0 is mapped at 0x40200000
+    d = encode(old, new, "xtensa-lzma")
+    assert apply_delta(old, d, len(new)) == new
+    assert len(d.data) < 0.9 * len(encode(old, new, "bsdiff4").data)
+
+
 def test_real_pair_figures_beat_the_published_best_peer():
     # SOURCES.md: best peer 619 (rpi3, detools AArch64) and 607 (synthesizer, detools ARM)
     assert len(all_encodings("real", "rpi3_aarch64_shell_1_to_2")["aarch64-lzma"].data) < 619
