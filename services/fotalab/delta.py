@@ -15,14 +15,15 @@ Encodings (see docs/deltas.md for the figures):
 ``bsdiff-lzma``
     bsdiff's control/diff/extra streams, control re-encoded as varints, each stream compressed
     with raw LZMA2 (tuned literal/position bits) in the versioned ``FOTD`` container.
-``thumb-lzma`` / ``aarch64-lzma``
+``thumb-lzma`` / ``aarch64-lzma`` / ``xtensa-lzma``
     As ``bsdiff-lzma`` but the diff is taken against a *relocated* old image: every
-    PC-relative call/branch (Thumb-2 BL/B.W; AArch64 BL/B, ADRP+ADD/LDR/STR) and every
-    absolute code pointer (literal pools, vector and pointer tables) of the old image is
-    rewritten to where its target moved in the new image. The move map is derived from the
-    control stream itself (old offset -> shift of the long matches that cover it), so it costs
-    no bytes; the pointer base address travels in the header. Moved code then differs only
-    where it really changed, the same idea as xz's BCJ filters and detools' data formats.
+    PC-relative call/branch (Thumb-2 BL/B.W; AArch64 BL/B, ADRP+ADD/LDR/STR, ADR; Xtensa
+    CALL0/CALL8) and every absolute pointer (literal pools, vector and pointer tables) of the
+    old image is rewritten to where its target moved in the new image. The move map is derived
+    from the control stream itself (old offset -> shift of the long matches that cover it), so
+    it costs no bytes; the load address and a learned map of moves outside the image (RAM
+    variables) travel in the header. Moved code then differs only where it really changed,
+    the same idea as xz's BCJ filters and detools' data formats.
 ``full-lzma``
     The whole new image compressed with raw LZMA2 (optionally behind xz's ARM-Thumb BCJ
     filter). ``old`` is ignored.
@@ -118,11 +119,7 @@ def _uvarint(n: int) -> bytes:
 
 
 def _svarint(n: int) -> bytes:
-    return _uvarint((n << 1) ^ (n >> 63) if n < 0 else n << 1) if -(1 << 62) < n < (1 << 62) else _big(n)
-
-
-def _big(n: int) -> bytes:  # pragma: no cover - offsets never get this large
-    raise ValueError(f"offset {n} out of range")
+    return _uvarint(_zz(n))
 
 
 class _Cursor:
@@ -907,7 +904,7 @@ def _apply_bsdiff4(old, data: bytes, write, max_output: int) -> None:
     er.finish()
 
 
-def _parse_header(data: bytes, encoding: str, old_len: int, max_output: int):
+def _parse_header(data: bytes, encoding: str, max_output: int):
     if len(data) < 6 or data[:4] != MAGIC:
         raise _fail(f"not a {MAGIC.decode()} delta container (bad magic)")
     if data[4] != FORMAT_VERSION:
@@ -962,7 +959,7 @@ def apply_delta_to(old: bytes, delta: Delta, write: Callable[[bytes], None], max
         return total
     if delta.encoding not in _ENC_IDS:
         raise DeltaError(f"unknown delta encoding {delta.encoding!r}; known: {', '.join(ENCODINGS)}")
-    enc, c, new_size = _parse_header(data, delta.encoding, len(old), max_output)
+    enc, c, new_size = _parse_header(data, delta.encoding, max_output)
     out = _checked_write(counting, new_size)
     if enc == "full-lzma":
         bcj = c.uvarint(1)
