@@ -219,17 +219,38 @@ class _MoveMap:
 
     __slots__ = ("starts", "shifts")
 
-    def __init__(self, segs: list[tuple[int, int]]) -> None:
-        segs.sort(key=lambda s: s[0])
+    def __init__(self, segs: list[tuple[int, int, int]]) -> None:
+        """segs: (old start, shift, length) of the long matches. Where matches overlap in the
+        old image the longest wins (ties: the earliest start, then the first listed); gaps
+        keep the shift of what precedes them."""
+        import heapq
+
+        events = []
+        for i, (start, shift, length) in enumerate(segs):
+            events.append((start, 1, i))
+            events.append((start + length, 0, i))
+        events.sort()
+        heap: list[tuple[int, int, int]] = []
+        ended = set()
         starts: list[int] = []
         shifts: list[int] = []
-        for start, shift in segs:
-            if starts and starts[-1] == start:
-                continue  # first match of a start wins
-            if shifts and shifts[-1] == shift:
-                continue  # same shift continues
-            starts.append(start)
-            shifts.append(shift)
+        k = 0
+        while k < len(events):
+            pos = events[k][0]
+            while k < len(events) and events[k][0] == pos:
+                _, opening, i = events[k]
+                if opening:
+                    heapq.heappush(heap, (-segs[i][2], segs[i][0], i))
+                else:
+                    ended.add(i)
+                k += 1
+            while heap and heap[0][2] in ended:
+                heapq.heappop(heap)
+            if heap:
+                shift = segs[heap[0][2]][1]
+                if not shifts or shifts[-1] != shift:
+                    starts.append(pos)
+                    shifts.append(shift)
         self.starts = starts
         self.shifts = shifts
 
@@ -239,7 +260,7 @@ class _MoveMap:
         oldpos = newpos = 0
         for x, y, z in controls:
             if x >= minseg:
-                segs.append((oldpos, newpos - oldpos))
+                segs.append((oldpos, newpos - oldpos, x))
             newpos += x + y
             oldpos += x + z
         return cls(segs)
@@ -1016,7 +1037,7 @@ def apply_delta_to(old: bytes, delta: Delta, write: Callable[[bytes], None], max
             if x >= minseg:
                 if len(segs) >= cap:
                     raise _fail(f"move map has more than {cap} segments")
-                segs.append((oldpos, newpos - oldpos))
+                segs.append((oldpos, newpos - oldpos, x))
             newpos += x + y
             oldpos += x + z
             if not -(1 << 40) < oldpos < (1 << 40):
