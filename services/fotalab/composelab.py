@@ -46,8 +46,38 @@ class ComposeLab:
         return found[0]
 
     def services(self, prefix: str = "device-") -> list[str]:
+        """The device services as the compose files define them."""
         listed = self.compose("config", "--services").stdout.split()
         return sorted((s for s in listed if s.startswith(prefix)), key=lambda s: int(s.rsplit("-", 1)[1]))
+
+    def device_containers(self) -> list[str]:
+        """The device services that have a container, found by compose labels alone (works for a
+        lab started by anyone, from any directory)."""
+        listed = subprocess.run(["docker", "ps", "-a", "--filter", f"label={PROJECT_LABEL}={self.project}",
+                                 "--format", f'{{{{.Label "{SERVICE_LABEL}"}}}}'],
+                                check=True, capture_output=True, text=True).stdout.split()
+        return sorted({s for s in listed if s.startswith("device-")}, key=lambda s: int(s.rsplit("-", 1)[1]))
+
+    def running(self, service: str) -> bool:
+        done = subprocess.run(["docker", "inspect", "-f", "{{.State.Running}}", self.container(service)],
+                              check=True, capture_output=True, text=True)
+        return done.stdout.strip() == "true"
+
+    def reset_flash(self, service: str) -> None:
+        """Power off, erase the device's flash volume (factory state), power on again."""
+        container = self.container(service)
+        info = json.loads(subprocess.run(["docker", "inspect", container], check=True, capture_output=True,
+                                         text=True).stdout)[0]
+        volume = next(m["Name"] for m in info["Mounts"] if m["Destination"] == "/data")
+        subprocess.run(["docker", "kill", container], capture_output=True)
+        subprocess.run(["docker", "run", "--rm", "-v", f"{volume}:/data", info["Config"]["Image"],
+                        "find", "/data", "-mindepth", "1", "-delete"], check=True, capture_output=True)
+        self.start(service)
+
+    def read_file(self, service: str, path: str) -> str:
+        done = subprocess.run(["docker", "exec", self.container(service), "cat", path],
+                              check=True, capture_output=True, text=True)
+        return done.stdout.strip()
 
     def kill(self, service: str) -> None:
         """Power cut: SIGKILL to every process of the container at once."""

@@ -23,10 +23,23 @@ class FleetWatcher:
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
         if username:
             self._client.username_pw_set(username, password)
-        self._client.on_connect = lambda c, *a: c.subscribe(f"{PREFIX}/devices/+/+", qos=1)
+        self._connack: threading.Event = threading.Event()
+        self._refusal = ""
+        self._client.on_connect = self._connected
         self._client.on_message = self._message
         self._client.connect(host, port, keepalive=15)
         self._client.loop_start()
+        if not self._connack.wait(10) or self._refusal:
+            self.close()
+            raise ConnectionRefusedError(f"MQTT broker at {host}:{port} refused {username or 'an anonymous client'}: "
+                                         f"{self._refusal or 'no answer'}; check the username and password")
+
+    def _connected(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            self._refusal = str(reason_code)
+        else:
+            client.subscribe(f"{PREFIX}/devices/+/+", qos=1)
+        self._connack.set()
 
     def close(self) -> None:
         self._client.disconnect()

@@ -7,13 +7,13 @@ from fotalab.linkproxy import LinkProxy
 
 pytestmark = pytest.mark.integration
 
-CHUNK = 1024
+CHUNK = 256
 
 
 @pytest.fixture
 def slow_link(update_server):
-    """A 4 kbit/s link between the device and the server that counts the bytes it carries."""
-    proxy = LinkProxy(("127.0.0.1", update_server.port), kbps=4).start()
+    """A 2 kbit/s link between the device and the server that counts the bytes it carries."""
+    proxy = LinkProxy(("127.0.0.1", update_server.port), kbps=2).start()
     yield proxy
     proxy.stop()
 
@@ -27,10 +27,10 @@ def test_repeated_cuts_mid_download_refetch_at_most_a_chunk_each(make_device, fl
     while cuts < 3:
         fleet.wait_for(lambda f: f.states.get(device.device_id, {}).get("state") == "downloading"
                        and f.states[device.device_id]["offset"] not in offsets, 60, "download progress")
+        offsets.append(fleet.states[device.device_id]["offset"])
         time.sleep(0.3)          # cut somewhere inside the next chunk
         device.power_cut()
         cuts += 1
-        offsets.append(fleet.states[device.device_id]["offset"])
         device.start()
     fleet.wait_for(lambda f: f.states.get(device.device_id, {}).get("state") == "committed", 120, "commit")
     flash = device.inspect()

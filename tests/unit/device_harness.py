@@ -67,10 +67,12 @@ def in_process_patcher(base: str, artifact: str, encoding: str, max_output: int)
     yield apply_delta(Path(base).read_bytes(), Delta(encoding, data), max_output) if encoding else data
 
 
-def power_on(flash_dir: Path, factory: Path, server: FakeServer) -> tuple[UpdateEngine, Recorder]:
+def power_on(flash_dir: Path, factory: Path, server: FakeServer,
+             reset_reason: str = "power-on") -> tuple[UpdateEngine, Recorder]:
+    """Boot the device; `reset_reason` is why the previous run ended (a crash, or power loss)."""
     flash = Flash(flash_dir)
     plan, verifier = boot(flash, factory_image=factory / "fotalab-m4.img", trust_anchor=factory / "trust.pem",
-                          limit=3, reset_reason="power-on")
+                          limit=3, reset_reason=reset_reason)
     recorder = Recorder()
     engine = UpdateEngine(EngineConfig("dev-1", "fotalab-m4", chunk_size=4096, retries=3, backoff_s=0),
                           flash, plan.boot, verifier, server, recorder, in_process_patcher, sleep=lambda s: None)

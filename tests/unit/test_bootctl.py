@@ -83,3 +83,24 @@ def test_committed_raises_the_security_counter_only_upwards():
 def test_no_verifiable_slot_means_no_boot(slots):
     plan = plan_boot(factory_state(1), check(slots), limit=3, reset_reason="power-on")
     assert plan.boot is None and "no bootable image" in plan.message
+
+
+def test_power_cuts_during_a_trial_are_not_charged_to_the_firmware():
+    state = staged(factory_state(1), "b")
+    slots = check({"a": ("1.0.0", 1), "b": ("2.0.0", 2)})
+    for _ in range(9):          # each trial boot ends in a power cut
+        state = plan_boot(state, slots, limit=3, reset_reason="power-on", power_cut_limit=10).state
+    assert (state.active, state.confirmed, state.attempts, state.power_cuts) == ("b", False, 1, 8)
+    plan = plan_boot(state, slots, limit=3, reset_reason="power-on", power_cut_limit=10)
+    assert plan.boot.slot == "b" and plan.state.power_cuts == 9
+    plan = plan_boot(plan.state, slots, limit=3, reset_reason="power-on", power_cut_limit=10)
+    assert plan.boot.slot == "a"
+    assert plan.state.rollback.cause == "power" and "10 power cuts" in plan.state.rollback.reason
+
+
+def test_a_crash_after_power_cuts_still_counts_against_the_firmware():
+    state = staged(factory_state(1), "b")
+    slots = check({"a": ("1.0.0", 1), "b": ("2.0.0", 2)})
+    for reason in ("power-on", "power-on", "crash (exit 1)", "crash (exit 1)", "crash (exit 1)"):
+        state = plan_boot(state, slots, limit=3, reset_reason=reason).state
+    assert state.active == "a" and state.rollback.cause == "firmware"

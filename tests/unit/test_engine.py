@@ -140,7 +140,7 @@ def test_rolled_back_release_is_reported_and_quarantined(tmp_path, factory_dir, 
     with pytest.raises(Reboot):
         engine.check()
     for _ in range(4):     # three trial boots crash, the fourth boot reverts
-        engine, recorder = power_on(tmp_path / "flash", factory_dir, server)
+        engine, recorder = power_on(tmp_path / "flash", factory_dir, server, reset_reason="crash (exit 1)")
     assert engine.running.version == "1.0.0"
     assert engine.resume() == "rolled_back"
     assert recorder.last[0] == "rolled_back" and "not confirmed after 3 attempts" in recorder.last[1]["reason"]
@@ -182,3 +182,16 @@ def test_cut_after_the_last_byte_resumes_without_fetching_again(tmp_path, factor
     with pytest.raises(Reboot):
         engine.resume()
     assert server.fetched == fetched
+
+
+def test_rollback_caused_by_power_cuts_does_not_quarantine_the_release(tmp_path, factory_dir, server):
+    engine, _ = power_on(tmp_path / "flash", factory_dir, server)
+    with pytest.raises(Reboot):
+        engine.check()
+    for _ in range(11):      # every trial boot loses its power before it can confirm
+        engine, recorder = power_on(tmp_path / "flash", factory_dir, server)
+    assert engine.running.version == "1.0.0"
+    assert engine.resume() == "rolled_back"
+    assert "power cuts" in recorder.last[1]["reason"]
+    with pytest.raises(Reboot):     # the release is offered again and installs
+        engine.check()

@@ -72,7 +72,7 @@ def test_rolled_back_rotation_keeps_the_old_anchor(tmp_path, factory_dir, server
     server.documents["key-rotations.json"] = json.dumps([json.loads(make_rotation(release_key, new_key.public_pem))]).encode()
     update_to_trial(tmp_path, factory_dir, server)
     for _ in range(4):
-        engine, _ = power_on(tmp_path / "flash", factory_dir, server)
+        engine, _ = power_on(tmp_path / "flash", factory_dir, server, reset_reason="crash (exit 1)")
     assert engine.resume() == "rolled_back"
     flash = Flash(tmp_path / "flash")
     assert flash.read(ANCHOR) == release_key.public_pem and flash.read(PENDING) is None

@@ -35,6 +35,7 @@ class Rollback:
     sha256: str
     reason: str
     seq: int
+    cause: str = "firmware"   # "firmware" (it failed its trial), "power" (cut too often), "verification"
 
 
 @dataclass(frozen=True)
@@ -43,9 +44,10 @@ class BootState:
     active: str               # the slot the bootloader boots
     confirmed: bool           # False while the active slot is on trial
     previous: str | None      # the last confirmed slot, to revert to if the trial fails
-    attempts: int             # trial boots started so far
+    attempts: int             # trial boots the firmware used up (crash, watchdog, failed self-test)
     security_counter: int     # anti-rollback: raised only when an image is committed
     rollback: Rollback | None = None
+    power_cuts: int = 0       # trial boots ended by a power cut: not the firmware's fault
 
     def encode(self) -> bytes:
         body = json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
@@ -80,17 +82,19 @@ def factory_state(security_counter: int) -> BootState:
 
 def staged(state: BootState, slot: str) -> BootState:
     """Boot `slot` next, on trial; the running confirmed slot stays the way back."""
-    return replace(state, active=slot, confirmed=False, previous=state.active, attempts=0, rollback=None)
+    return replace(state, active=slot, confirmed=False, previous=state.active, attempts=0, power_cuts=0,
+                   rollback=None)
 
 
 def committed(state: BootState, image_counter: int) -> BootState:
-    return replace(state, confirmed=True, previous=None, attempts=0,
+    return replace(state, confirmed=True, previous=None, attempts=0, power_cuts=0,
                    security_counter=max(state.security_counter, image_counter), rollback=None)
 
 
-def reverted(state: BootState, to_slot: str, *, version: str, sha256: str, reason: str) -> BootState:
-    return replace(state, active=to_slot, confirmed=True, previous=None, attempts=0,
-                   rollback=Rollback(state.active, version, sha256, reason, state.seq + 1))
+def reverted(state: BootState, to_slot: str, *, version: str, sha256: str, reason: str,
+             cause: str = "firmware") -> BootState:
+    return replace(state, active=to_slot, confirmed=True, previous=None, attempts=0, power_cuts=0,
+                   rollback=Rollback(state.active, version, sha256, reason, state.seq + 1, cause))
 
 
 class BootControl:

@@ -63,15 +63,27 @@ def _bootable(check: SlotCheck, state: BootState) -> str:
     return ""
 
 
-def plan_boot(state: BootState, check: Callable[[str], SlotCheck], *, limit: int,
-              reset_reason: str) -> BootPlan:
+POWER_ON = "power-on"
+
+
+def plan_boot(state: BootState, check: Callable[[str], SlotCheck], *, limit: int, reset_reason: str,
+              power_cut_limit: int = 10) -> BootPlan:
+    """Decide what to boot. A trial attempt is charged to the firmware only when the last reset
+    was its doing (crash, watchdog, software reboot), as a real bootloader tells from the
+    reset-cause register; a trial cut short by power loss counts against a larger limit, and a
+    rollback for that reason does not condemn the release."""
     message = ""
     if not state.confirmed:
-        if state.attempts >= limit and state.previous:
+        if reset_reason == POWER_ON and state.attempts > 0:
+            state = replace(state, attempts=state.attempts - 1, power_cuts=state.power_cuts + 1)
+        if (state.attempts >= limit or state.power_cuts >= power_cut_limit) and state.previous:
             trial = check(state.active)
+            by_firmware = state.attempts >= limit
             reason = (f"trial boot of {trial.version} in slot {state.active} was not confirmed after "
-                      f"{state.attempts} attempts (last reset: {reset_reason})")
-            state = reverted(state, state.previous, version=trial.version, sha256=trial.sha256, reason=reason)
+                      + (f"{state.attempts} attempts (last reset: {reset_reason})" if by_firmware else
+                         f"{state.power_cuts} power cuts"))
+            state = reverted(state, state.previous, version=trial.version, sha256=trial.sha256, reason=reason,
+                             cause="firmware" if by_firmware else "power")
             message = f"reverted to slot {state.active}: {reason}"
         else:
             state = replace(state, attempts=state.attempts + 1)
@@ -85,7 +97,8 @@ def plan_boot(state: BootState, check: Callable[[str], SlotCheck], *, limit: int
     fallback_problem = _bootable(fallback, state)
     if not fallback_problem:
         reason = f"slot {state.active} failed verification: {problem}"
-        state = reverted(state, fallback_slot, version=chosen.version, sha256=chosen.sha256, reason=reason)
+        state = reverted(state, fallback_slot, version=chosen.version, sha256=chosen.sha256, reason=reason,
+                         cause="verification")
         return BootPlan(state, fallback, f"{reason}; booting slot {fallback_slot}")
     return BootPlan(state, None, f"no bootable image: slot {state.active}: {problem}; "
                                  f"slot {fallback_slot}: {fallback_problem}")
@@ -103,13 +116,13 @@ def provision(flash: Flash, factory_image: Path, trust_anchor: Path) -> BootStat
 
 
 def boot(flash: Flash, *, factory_image: Path, trust_anchor: Path, limit: int,
-         reset_reason: str) -> tuple[BootPlan, Verifier]:
+         reset_reason: str, power_cut_limit: int = 10) -> tuple[BootPlan, Verifier]:
     flash.remove_temporaries()
     control = BootControl(flash)
     state = control.load() or provision(flash, factory_image, trust_anchor)
     verifier = load_verifier(flash)
     plan = plan_boot(state, lambda slot: check_slot(flash, slot, verifier), limit=limit,
-                     reset_reason=reset_reason)
+                     reset_reason=reset_reason, power_cut_limit=power_cut_limit)
     if plan.state != state:
         plan = replace(plan, state=control.store(plan.state))
     return plan, verifier

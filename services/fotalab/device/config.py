@@ -9,6 +9,16 @@ from pathlib import Path
 from ..durable import FaultPlan
 
 
+def read_secret(env, name: str) -> str:
+    """FOTA_<NAME>, or the content of the file FOTA_<NAME>_FILE names (a provisioned credential)."""
+    if f"FOTA_{name}" in env:
+        return env[f"FOTA_{name}"]
+    path = env.get(f"FOTA_{name}_FILE")
+    if path and Path(path).exists():
+        return Path(path).read_text().strip()
+    return ""
+
+
 @dataclass(frozen=True)
 class DeviceConfig:
     device_id: str
@@ -20,7 +30,8 @@ class DeviceConfig:
     mqtt_username: str = ""
     mqtt_password: str = ""
     server_url: str = "http://server:8000"
-    boot_limit: int = 3                # trial boots before the bootloader reverts
+    boot_limit: int = 3                # trial boots the firmware may fail before the bootloader reverts
+    power_cut_limit: int = 10          # trial boots cut by power loss before it reverts all the same
     watchdog_s: float = 15.0           # no kick for this long resets the firmware
     reset_delay_s: float = 1.0         # pause after a crash before the next boot
     health_timeout_s: float = 30.0     # trial health check: broker and server must answer within
@@ -62,10 +73,11 @@ class DeviceConfig:
             factory_dir=Path(get("FACTORY_DIR", defaults.factory_dir)),
             mqtt_host=get("MQTT_HOST", defaults.mqtt_host),
             mqtt_port=int(get("MQTT_PORT", defaults.mqtt_port)),
-            mqtt_username=get("MQTT_USERNAME", ""),
-            mqtt_password=get("MQTT_PASSWORD", ""),
+            mqtt_username=get("MQTT_USERNAME", get("DEVICE_ID", socket.gethostname())),
+            mqtt_password=read_secret(env, "MQTT_PASSWORD"),
             server_url=get("SERVER_URL", defaults.server_url),
             boot_limit=int(get("BOOT_LIMIT", defaults.boot_limit)),
+            power_cut_limit=int(get("POWER_CUT_LIMIT", defaults.power_cut_limit)),
             watchdog_s=float(get("WATCHDOG_S", defaults.watchdog_s)),
             reset_delay_s=float(get("RESET_DELAY_S", defaults.reset_delay_s)),
             health_timeout_s=float(get("HEALTH_TIMEOUT_S", defaults.health_timeout_s)),

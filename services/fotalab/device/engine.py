@@ -88,7 +88,8 @@ class UpdateEngine:
             self.reporter.state("committed", target=job.version)
             return "committed"
         if state.rollback and state.rollback.sha256 == target_sha and state.rollback.seq > job.started_seq:
-            self._quarantine(target_sha)
+            if state.rollback.cause == "firmware":     # power cuts or bit rot do not condemn a release
+                self._quarantine(target_sha)
             self._finish_rotation()
             jr.clear(self.flash)
             self.reporter.event("rolled_back", target=job.version, reason=state.rollback.reason)

@@ -112,6 +112,7 @@ def run(config: DeviceConfig, flash: Flash, plan: BootPlan, verifier: Verifier, 
             problem = health_check(config, header.behaviour, link)
             if problem:
                 engine.reject_trial(problem)
+            link.state("confirming")
             engine.confirm()
         elif outcome in ("idle", "failed"):
             link.state("running")

@@ -45,7 +45,8 @@ def boot_once(config: DeviceConfig) -> int:
     flash = open_flash(config)
     reset_reason = os.environ.get("FOTA_RESET_REASON", "power-on")
     plan, verifier = boot(flash, factory_image=config.factory_image, trust_anchor=config.trust_anchor,
-                          limit=config.boot_limit, reset_reason=reset_reason)
+                          limit=config.boot_limit, reset_reason=reset_reason,
+                          power_cut_limit=config.power_cut_limit)
     log.info("bootloader: %s", plan.message)
     if plan.boot is None:
         log.critical("BRICKED: %s", plan.message)

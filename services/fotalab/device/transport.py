@@ -6,7 +6,7 @@ from typing import Iterator
 
 import requests
 
-from .engine import TransportError
+from .engine import TransportError, UpdateFailed
 
 
 class HttpTransport:
@@ -55,6 +55,9 @@ class HttpTransport:
         try:
             with self._session.get(f"{self._base}{url_path}", headers=headers, stream=True,
                                    timeout=self._timeout) as response:
+                if 400 <= response.status_code < 500:
+                    raise UpdateFailed(f"the server refuses {url_path} (HTTP {response.status_code}): its release "
+                                       "store lacks this signed artifact or holds a damaged copy; re-run the signer")
                 if response.status_code != 206:
                     raise TransportError(f"expected 206 Partial Content for bytes {start}-{end - 1}, "
                                          f"got {response.status_code}")

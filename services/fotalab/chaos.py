@@ -1,0 +1,240 @@
+"""Chaos campaign against the running compose lab: seeded `docker kill`s, then a verdict.
+
+`scripts/chaos` (see --help) triggers the update on every device, then, on a seeded random
+schedule, cuts the power of a random device (`docker kill`) in whatever phase it is
+(downloading, patching, trial boot, idle), keeps it off for a random time and starts it
+again. With --reset-waves, a fleet that converged is reset to its factory flash and updated
+again, so a long campaign keeps hitting every phase. Afterwards it waits (bounded) for the
+fleet to settle and checks every device from its own flash (`fota-device inspect`): never
+bricked, on the target version with no update pending, security counter equal to the
+committed image's, and no committed version lost. It only observes and checks, so kills from
+another tool at the same time are fine. It writes a JSON report and ends with
+
+    chaos: <K> kills on <N> devices: <B> bricked, <C>/<N> converged, recovery p99 <s> s
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .composelab import ComposeLab
+from .fleetwatch import FleetWatcher
+from .image import parse_version
+from .provision import SERVER
+
+PHASES = {"checking": "checking", "downloading": "downloading", "installing": "patching",
+          "rebooting": "trial boot", "trial": "trial boot", "confirming": "confirming"}
+
+
+@dataclass
+class Kill:
+    device: str
+    phase: str
+    at: float
+    off_s: float
+    started_at: float = 0.0
+    recovery_s: float | None = None
+
+
+@dataclass
+class Verdict:
+    device: str
+    bricked: bool
+    converged: bool
+    problems: list[str] = field(default_factory=list)
+    flash: dict = field(default_factory=dict)
+
+
+def p99(values: list[float]) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
+
+
+class Campaign:
+    def __init__(self, lab: ComposeLab, watcher: FleetWatcher, *, target: str, kills: int, seed: int,
+                 off_s: tuple[float, float], gap_s: tuple[float, float], reset_waves: bool) -> None:
+        self.lab, self.watcher, self.target, self.quota = lab, watcher, target, kills
+        self.rng = random.Random(seed)
+        self.off_s, self.gap_s, self.reset_waves = off_s, gap_s, reset_waves
+        self.devices = lab.device_containers()
+        self.kills: list[Kill] = []
+        self.off: set[str] = set()
+        self.highest_committed: dict[str, str] = {}
+        self.waves = 0
+        self._lock = threading.Lock()
+
+    # -- observing
+    def state(self, device: str) -> dict:
+        return self.watcher.states.get(device, {})
+
+    def converged(self, device: str) -> bool:
+        state = self.state(device)
+        return state.get("version") == self.target and bool(state.get("confirmed")) and \
+            state.get("state") in ("committed", "up_to_date", "running")
+
+    def note_commits(self) -> None:
+        for device in self.devices:
+            for event in self.watcher.events.get(device, []):
+                if event.get("event") == "committed":
+                    best = self.highest_committed.get(device, "0.0.0")
+                    if parse_version(event["version"]) > parse_version(best):
+                        self.highest_committed[device] = event["version"]
+
+    # -- acting
+    def hint_all(self) -> None:
+        self.watcher.command(None, {"cmd": "update"})
+
+    def power_cycle(self, device: str) -> None:
+        phase = PHASES.get(self.state(device).get("state", ""), "idle")
+        off = self.rng.uniform(*self.off_s)
+        kill = Kill(device, phase, time.time(), round(off, 2))
+        self.lab.kill(device)
+        with self._lock:
+            self.kills.append(kill)
+            self.off.add(device)
+
+        def power_on() -> None:
+            kill.started_at = time.time()
+            self.lab.start(device)
+            with self._lock:
+                self.off.discard(device)
+        threading.Timer(off, power_on).start()
+
+    def reset_wave(self) -> None:
+        """Every device back to its factory flash, then the update again."""
+        self.note_commits()
+        self.highest_committed.clear()
+        for device in self.devices:
+            self.lab.reset_flash(device)
+        self.waves += 1
+        time.sleep(3)
+        self.hint_all()
+
+    def run(self, settle_timeout: float) -> list[Verdict]:
+        self.hint_all()
+        next_hint = time.monotonic() + 10
+        while len(self.kills) < self.quota:
+            time.sleep(self.rng.uniform(*self.gap_s))
+            with self._lock:
+                candidates = [d for d in self.devices if d not in self.off]
+            if self.reset_waves and not self.off and all(self.converged(d) for d in self.devices):
+                self.reset_wave()
+                continue
+            if candidates:
+                self.power_cycle(self.rng.choice(candidates))
+            if time.monotonic() > next_hint:      # a device booted mid-wave may have missed the hint
+                self.hint_all()
+                next_hint = time.monotonic() + 10
+        return self.settle(settle_timeout)
+
+    def settle(self, timeout: float) -> list[Verdict]:
+        deadline = time.monotonic() + timeout
+        while self.off and time.monotonic() < deadline:
+            time.sleep(0.2)
+        while time.monotonic() < deadline and not all(self.converged(d) for d in self.devices):
+            self.hint_all()
+            time.sleep(5)
+        self.note_commits()
+        self.measure_recovery()
+        return [self.check(device) for device in self.devices]
+
+    def measure_recovery(self) -> None:
+        for kill in self.kills:
+            boots = [e["ts"] for e in self.watcher.events.get(kill.device, [])
+                     if e.get("event") == "booted" and kill.started_at and e["ts"] >= kill.started_at]
+            kill.recovery_s = round(min(boots) - kill.started_at, 2) if boots else None
+
+    def check(self, device: str) -> Verdict:
+        try:
+            flash = self.lab.inspect_device(device)
+        except subprocess.CalledProcessError as exc:
+            return Verdict(device, bricked=False, converged=False, problems=[f"inspect failed: {exc.stderr}"])
+        verdict = Verdict(device, bricked=not flash["bootable"], converged=False, flash=flash)
+        if verdict.bricked:
+            verdict.problems.append(f"bricked: {flash['next_boot']}")
+            return verdict
+        running, boot = flash["running"], flash["boot"]
+        if not running["verified"]:
+            verdict.problems.append("runs an image that does not verify")
+        slot_counter = flash["slots"][boot["active"]]["security_counter"]
+        if boot["confirmed"] and boot["security_counter"] != slot_counter:
+            verdict.problems.append(f"security counter {boot['security_counter']} != committed image's {slot_counter}")
+        lost = self.highest_committed.get(device)
+        if lost and parse_version(running["version"]) < parse_version(lost):
+            verdict.problems.append(f"committed {lost} was lost: runs {running['version']}")
+        verdict.converged = running["version"] == self.target and boot["confirmed"] and flash["journal"] is None
+        if not verdict.converged:
+            verdict.problems.append(f"not converged: runs {running['version']} "
+                                    f"({'confirmed' if boot['confirmed'] else 'on trial'}), journal {flash['journal']}")
+        return verdict
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="chaos", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--project", default="fotalab", help="compose project of the running lab")
+    parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--target", default="2.0.0", help="the release the fleet must end on")
+    parser.add_argument("--off", type=float, nargs=2, default=(0.5, 3.0), metavar=("MIN", "MAX"),
+                        help="seconds a killed device stays off")
+    parser.add_argument("--gap", type=float, nargs=2, default=(0.2, 1.5), metavar=("MIN", "MAX"),
+                        help="seconds between two kills")
+    parser.add_argument("--reset-waves", action="store_true",
+                        help="when the fleet converged and kills remain, reset it to factory flash and go again")
+    parser.add_argument("--settle", type=float, default=180, help="seconds the fleet may take to settle")
+    parser.add_argument("--mqtt-port", type=int, default=1883)
+    parser.add_argument("--report", type=Path, default=Path("chaos-report.json"))
+    args = parser.parse_args(argv)
+    lab = ComposeLab(args.project, Path.cwd())
+    devices = lab.device_containers()
+    if not devices:
+        print(f"chaos: no device containers in compose project {args.project!r}: start the lab first "
+              "(docker compose up -d --wait)", file=sys.stderr)
+        return 2
+    try:
+        password = lab.read_file("server", f"/credentials/{SERVER}.password")
+    except subprocess.CalledProcessError:
+        password = ""
+    started = time.time()
+    with FleetWatcher("127.0.0.1", args.mqtt_port, username=SERVER, password=password) as watcher:
+        time.sleep(1.0)     # retained states arrive
+        campaign = Campaign(lab, watcher, target=args.target, kills=args.kills, seed=args.seed,
+                            off_s=tuple(args.off), gap_s=tuple(args.gap), reset_waves=args.reset_waves)
+        verdicts = campaign.run(args.settle)
+    recoveries = [k.recovery_s for k in campaign.kills if k.recovery_s is not None]
+    bricked = sum(v.bricked for v in verdicts)
+    converged = sum(v.converged and not v.problems for v in verdicts)
+    phases: dict[str, int] = {}
+    for kill in campaign.kills:
+        phases[kill.phase] = phases.get(kill.phase, 0) + 1
+    args.report.write_text(json.dumps({
+        "seed": args.seed, "target": args.target, "duration_s": round(time.time() - started, 1),
+        "waves": campaign.waves + 1, "kills_by_phase": phases,
+        "kills": [asdict(k) for k in campaign.kills],
+        "devices": [{**asdict(v), "flash": {k: v.flash.get(k) for k in ("running", "boot", "journal")}}
+                    for v in verdicts]}, indent=1))
+    print(f"{'device':<12}{'kills':>6}  {'version':<9}{'verdict'}")
+    for verdict in verdicts:
+        count = sum(k.device == verdict.device for k in campaign.kills)
+        version = (verdict.flash.get("running") or {}).get("version", "?")
+        print(f"{verdict.device:<12}{count:>6}  {version:<9}{'; '.join(verdict.problems) or 'ok'}")
+    print(f"kills by phase: {phases}; unrecovered kills: {len(campaign.kills) - len(recoveries)}; "
+          f"report: {args.report}")
+    print(f"chaos: {len(campaign.kills)} kills on {len(devices)} devices: {bricked} bricked, "
+          f"{converged}/{len(devices)} converged, recovery p99 {p99(recoveries):.1f} s")
+    return 0 if bricked == 0 and converged == len(devices) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
