@@ -1,75 +1,102 @@
-"""The update server's Flask application factory."""
+"""The update server's Flask application factory: operations endpoints, the API, and the
+artifact downloads (downloads.py, in front of Flask).
+
+Every error is JSON {"error": <what was wrong and what to do>, "status": <code>}; an
+unexpected exception is logged with its traceback and answered without it.
+"""
 from __future__ import annotations
+
+import logging
+import socket
+import sqlite3
 
 from flask import Flask, Response, abort, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from ..image import parse_version
-from .artifacts import ReleaseIndex, send_artifact
+from . import metrics
+from .api import Services, api_blueprint
+from .artifacts import LiveIndex
 from .config import ServerConfig
+from .downloads import Downloads
+from .registry import Registry
+
+log = logging.getLogger("fotalab.server")
+
+
+def broker_problem(config: ServerConfig, timeout_s: float = 1.0) -> str | None:
+    try:
+        socket.create_connection((config.mqtt_host, config.mqtt_port), timeout=timeout_s).close()
+        return None
+    except OSError as exc:
+        return f"MQTT broker {config.mqtt_host}:{config.mqtt_port} unreachable: {exc}"
 
 
 def create_app(config: ServerConfig) -> Flask:
+    """The WSGI app; the data dir must be prepared (main.prepare) and the token set."""
+    if not config.api_token:
+        raise ValueError("ServerConfig.api_token is empty: main.prepare() loads or generates it")
     app = Flask("fotalab.server")
-    index = ReleaseIndex(config.releases_dir)
+    app.json.sort_keys = False
+    services = Services(config, LiveIndex(config.releases_dir), Registry(config.database))
+    app.extensions["fotalab"] = services
+    app.register_blueprint(api_blueprint(services))
+
+    @app.before_request
+    def label_route():
+        request.environ["fotalab.route"] = request.endpoint or "unmatched"
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
-        return jsonify(error=exc.description or exc.name, status=exc.code), exc.code
+        response = jsonify(error=exc.description or exc.name, status=exc.code)
+        for name, value in exc.get_headers():
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response, exc.code
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
-        app.logger.exception("unhandled error")
-        return jsonify(error="internal error: see the server log", status=500), 500
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return jsonify(error="internal error: the server log has the details", status=500), 500
 
     @app.get("/healthz")
     def healthz():
+        index = services.index.get()
         return jsonify(status="ok", releases=len(index.releases), key_id=index.key_id)
 
-    @app.get("/artifacts/<sha256>")
-    def artifact(sha256: str):
-        found = index.by_sha.get(sha256)
-        if found is None:
-            abort(404, f"no artifact with SHA-256 {sha256}: list them at /api/v1/releases")
-        return send_artifact(request, found)
+    @app.get("/readyz")
+    def readyz():
+        checks: dict[str, object] = {}
+        problems = []
+        try:
+            checks["database"] = {"ok": True, "devices": services.registry.ping()}
+        except sqlite3.Error as exc:
+            problems.append(f"registry database {config.database}: {exc}")
+            checks["database"] = {"ok": False, "error": problems[-1]}
+        if config.mqtt_host:
+            problem = broker_problem(config)
+            checks["broker"] = {"ok": problem is None, **({"error": problem} if problem else {})}
+            problems += [problem] if problem else []
+            try:
+                checks["ingester"] = services.registry.ingester()
+            except sqlite3.Error:
+                checks["ingester"] = None
+        else:
+            checks["broker"] = {"ok": True, "note": "FOTA_MQTT_HOST is empty: no MQTT ingestion"}
+        skipped = services.index.get().skipped
+        if skipped:
+            checks["release_store"] = {"skipped_artifacts": skipped}
+        return jsonify(ready=not problems, checks=checks, problems=problems), 200 if not problems else 503
 
-    @app.get("/updates/<name>")
-    def update_by_name(name: str):
-        found = index.by_name.get(name)
-        if found is None:
-            abort(404, f"no artifact named {name!r}: list them at /api/v1/releases")
-        return send_artifact(request, found)
+    @app.get("/metrics")
+    def prometheus_metrics():
+        return Response(metrics.render(services.registry.counts), mimetype=metrics.CONTENT_TYPE)
 
     @app.get("/hash/<name>")
     def hash_by_name(name: str):
-        found = index.by_hash_name(name)
+        found = services.index.get().by_hash_name(name)
         if found is None:
-            abort(404, f"no artifact for {name!r}: ask for <artifact stem>.sha256, e.g. v2.sha256")
+            abort(404, f"no artifact for {name[:80]!r}: ask for <artifact stem>.sha256, e.g. v2.sha256")
         return Response(f"{found.sha256}  {found.names[-1]}\n", mimetype="text/plain")
 
-    @app.get("/api/v1/releases")
-    def releases():
-        return jsonify(releases=[{**r, "artifacts": [
-            {"sha256": sha, "names": list(index.by_sha[sha].names), "length": index.by_sha[sha].length,
-             "url": f"/artifacts/{sha}"} for sha in [r["image"], *(d["sha256"] for d in r["deltas"])]]}
-            for r in index.releases], key_id=index.key_id)
-
-    @app.get("/api/v1/manifest")
-    def manifest():
-        hardware = request.args.get("hardware", "")
-        version = request.args.get("version", "")
-        if not any(r["hardware"] == hardware for r in index.releases):
-            abort(404, f"no releases for hardware {hardware!r}: check the device's FOTA_HARDWARE")
-        try:
-            running = parse_version(version)
-        except ValueError as exc:
-            abort(400, f"query parameter version: {exc}")
-        target = index.release(hardware, config.default_release)
-        if target is None or parse_version(target["version"]) <= running:
-            return jsonify(update=False)
-        delta = next((d for d in target["deltas"] if d["base_sha256"] == request.args.get("image")), None)
-        artifact = f"/artifacts/{delta['sha256'] if delta else target['image']}"
-        return jsonify(update=True, version=target["version"], artifact=artifact,
-                       manifest=index.manifest_document(target).decode())
-
+    app.wsgi_app = Downloads(app.wsgi_app, services.index)
     return app

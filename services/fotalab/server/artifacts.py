@@ -1,22 +1,25 @@
-"""Artifact serving: only files the signer indexed, by name or by content hash.
+"""The release index: what the server may serve, loaded from the signer's index.json.
 
-No path is ever built from request input: a request names an index entry, and the index
-maps it to a file under the release store. Responses carry a strong ETag equal to the
-SHA-256, answer a single byte range with 206, honour If-Range and If-None-Match, and reject
-multi-range or unsatisfiable ranges with 416. The body is the open file positioned at the
-range start, so gunicorn sends it with sendfile(2) instead of Python reading it.
+Only files listed there are served, and only after a check at load time: a regular file
+(not a symlink) under the store's artifacts/ directory, of the indexed length and SHA-256,
+so the strong ETag (the SHA-256) is true. Requests name index entries; the index maps them
+to paths, so no path is ever built from request input.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import re
+import stat
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
-from flask import Request, Response
-from werkzeug.wsgi import wrap_file
+log = logging.getLogger("fotalab.server.artifacts")
 
-CHUNK = 64 * 1024
+SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -27,22 +30,35 @@ class Artifact:
     path: Path
     names: tuple[str, ...]
 
+    @property
+    def url(self) -> str:
+        return f"/artifacts/{self.sha256}"
+
 
 class ReleaseIndex:
-    """The signer's index.json, loaded once: artifacts by hash and by name, releases."""
+    """One load of the signer's index.json: artifacts by hash and by name, releases, manifests."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         raw = json.loads((root / "index.json").read_text())
         self.key_id: str = raw["key_id"]
-        self.releases: list[dict] = raw["releases"]
+        self.skipped: list[str] = []
         self.by_sha: dict[str, Artifact] = {}
         self.by_name: dict[str, Artifact] = {}
         for sha, entry in raw["artifacts"].items():
+            problem = _check_file(root, sha, entry)
+            if problem:
+                log.warning("not serving indexed artifact %s: %s", sha[:64], problem)
+                self.skipped.append(f"{sha[:64]}: {problem}")
+                continue
             artifact = Artifact(sha, entry["length"], entry["kind"], root / "artifacts" / sha, tuple(entry["names"]))
             self.by_sha[sha] = artifact
             for name in artifact.names:
                 self.by_name[name] = artifact
+        self.releases: list[dict] = raw["releases"]
+        self.hardware: frozenset[str] = frozenset(r["hardware"] for r in self.releases)
+        self.manifests: dict[tuple[str, str], str] = {
+            (r["hardware"], r["version"]): (root / r["manifest"]).read_text() for r in self.releases}
 
     def by_hash_name(self, name: str) -> Artifact | None:
         """The seed's /hash/<stem>.sha256: the artifact whose name has that stem (not a signature)."""
@@ -55,49 +71,60 @@ class ReleaseIndex:
     def release(self, hardware: str, version: str) -> dict | None:
         return next((r for r in self.releases if r["hardware"] == hardware and r["version"] == version), None)
 
-    def manifest_document(self, release: dict) -> bytes:
-        return (self.root / release["manifest"]).read_bytes()
+    def versions(self, hardware: str | None = None) -> list[str]:
+        return sorted({r["version"] for r in self.releases if hardware in (None, r["hardware"])})
 
 
-def _limited(path: Path, start: int, length: int) -> Iterator[bytes]:
+def _check_file(root: Path, sha: str, entry: dict) -> str | None:
+    if not SHA256.fullmatch(sha):
+        return "its key is not a lowercase hex SHA-256"
+    path = root / "artifacts" / sha
+    try:
+        info = path.lstat()
+    except OSError as exc:
+        return f"cannot stat {path}: {exc.strerror}"
+    if not stat.S_ISREG(info.st_mode):
+        return f"{path} is not a regular file (symlinks are never served)"
+    if info.st_size != entry["length"]:
+        return f"{path} has {info.st_size} bytes, the index says {entry['length']}"
+    digest = hashlib.sha256()
     with path.open("rb") as source:
-        source.seek(start)
-        while length > 0:
-            chunk = source.read(min(CHUNK, length))
-            if not chunk:
-                return
-            length -= len(chunk)
-            yield chunk
+        while block := source.read(1 << 20):
+            digest.update(block)
+    if digest.hexdigest() != sha:
+        return f"{path} does not hash to its name"
+    return None
 
 
-def send_artifact(request: Request, artifact: Artifact) -> Response:
-    etag = artifact.sha256
-    headers = {"ETag": f'"{etag}"', "Accept-Ranges": "bytes",
-               "Cache-Control": "public, max-age=31536000, immutable"}
-    if request.if_none_match.contains(etag):
-        return Response(status=304, headers=headers)
-    start, stop, status = 0, artifact.length, 200
-    wants_range = "Range" in request.headers
-    if_range = request.if_range
-    range_applies = wants_range and (not request.headers.get("If-Range") or
-                                     (if_range.etag == etag))
-    if range_applies:
-        spec = request.range
-        bounds = spec.range_for_length(artifact.length) if spec and len(spec.ranges) == 1 else None
-        if bounds is None:
-            return Response(json.dumps({"error": "range not satisfiable: send one range 'bytes=START-END' "
-                                                 f"within 0-{artifact.length - 1}"}),
-                            status=416, mimetype="application/json",
-                            headers={**headers, "Content-Range": f"bytes */{artifact.length}"})
-        start, stop = bounds
-        status = 206
-        headers["Content-Range"] = f"bytes {start}-{stop - 1}/{artifact.length}"
-    headers["Content-Length"] = str(stop - start)
-    if "wsgi.file_wrapper" in request.environ and request.method != "HEAD":
-        source = artifact.path.open("rb")
-        source.seek(start)
-        body = wrap_file(request.environ, source, CHUNK)
-    else:
-        body = _limited(artifact.path, start, stop - start) if request.method != "HEAD" else []
-    return Response(body, status=status, headers=headers, mimetype="application/octet-stream",
-                    direct_passthrough=True)
+class LiveIndex:
+    """The current ReleaseIndex, reloaded when the signer rewrites index.json.
+
+    `docker compose up` reruns the signer without recreating a running server, so the server
+    notices a new index by itself (checked at most once a second) instead of serving a stale one.
+    """
+
+    def __init__(self, root: Path, *, check_every_s: float = 1.0) -> None:
+        self.root = root
+        self._check_every = check_every_s
+        self._lock = threading.Lock()
+        self._stamp = self._index_stamp()
+        self._index = ReleaseIndex(root)
+        self._checked = time.monotonic()
+
+    def _index_stamp(self) -> tuple[int, int, int]:
+        info = (self.root / "index.json").stat()
+        return info.st_ino, info.st_size, info.st_mtime_ns
+
+    def get(self) -> ReleaseIndex:
+        if time.monotonic() - self._checked < self._check_every:
+            return self._index
+        with self._lock:
+            self._checked = time.monotonic()
+            try:
+                stamp = self._index_stamp()
+                if stamp != self._stamp:
+                    self._index, self._stamp = ReleaseIndex(self.root), stamp
+                    log.info("release index reloaded: %d releases", len(self._index.releases))
+            except (OSError, ValueError, KeyError) as exc:
+                log.warning("keeping the previous release index: the new one cannot be loaded (%s)", exc)
+        return self._index

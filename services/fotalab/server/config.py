@@ -4,22 +4,76 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names the variable and what it accepts."""
+
+
+def _secret(env: Mapping[str, str], name: str) -> str:
+    """NAME, or the content of the file NAME_FILE names (a mounted credential)."""
+    if name in env:
+        return env[name]
+    path = env.get(f"{name}_FILE")
+    if not path:
+        return ""
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{name}_FILE={path}: cannot read it ({exc.strerror})") from None
 
 
 @dataclass(frozen=True)
 class ServerConfig:
     releases_dir: Path = Path("/releases")
+    data_dir: Path = Path("/var/lib/fotalab")     # the registry database and the generated API token
     default_release: str = "2.0.0"     # what a device is offered when nothing else is assigned
     bind: str = "0.0.0.0:8000"
     workers: int = 2
-    threads: int = 8
+    threads: int = 32                  # each download in progress holds one thread, however slow the link
+    timeout: int = 30                  # gunicorn worker heartbeat timeout (s); gthread keeps beating during transfers
+    keepalive: int = 5
+    mqtt_host: str = ""                # empty: no MQTT ingestion (registry then only holds assignments)
+    mqtt_port: int = 1883
+    mqtt_username: str = ""
+    mqtt_password: str = ""
+    mqtt_client_id: str = "fotalab-server"   # one persistent session: the broker queues events while we are down
+    api_token: str = ""                # empty: main() loads or generates one in data_dir
+
+    @property
+    def database(self) -> Path:
+        return self.data_dir / "registry.sqlite3"
+
+    @property
+    def token_file(self) -> Path:
+        return self.data_dir / "api-token"
 
     @classmethod
-    def from_env(cls) -> "ServerConfig":
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> "ServerConfig":
         d = cls()
-        env = os.environ
+
+        def number(name: str, default: int, minimum: int) -> int:
+            raw = env.get(name, str(default))
+            try:
+                value = int(raw)
+            except ValueError:
+                raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+            if value < minimum:
+                raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+            return value
+
         return cls(releases_dir=Path(env.get("FOTA_RELEASES_DIR", d.releases_dir)),
+                   data_dir=Path(env.get("FOTA_DATA_DIR", d.data_dir)),
                    default_release=env.get("FOTA_DEFAULT_RELEASE", d.default_release),
                    bind=env.get("FOTA_SERVER_BIND", d.bind),
-                   workers=int(env.get("FOTA_SERVER_WORKERS", d.workers)),
-                   threads=int(env.get("FOTA_SERVER_THREADS", d.threads)))
+                   workers=number("FOTA_SERVER_WORKERS", d.workers, 1),
+                   threads=number("FOTA_SERVER_THREADS", d.threads, 1),
+                   timeout=number("FOTA_SERVER_TIMEOUT", d.timeout, 1),
+                   keepalive=number("FOTA_SERVER_KEEPALIVE", d.keepalive, 0),
+                   mqtt_host=env.get("FOTA_MQTT_HOST", d.mqtt_host),
+                   mqtt_port=number("FOTA_MQTT_PORT", d.mqtt_port, 1),
+                   mqtt_username=env.get("FOTA_MQTT_USERNAME", d.mqtt_username),
+                   mqtt_password=_secret(env, "FOTA_MQTT_PASSWORD"),
+                   mqtt_client_id=env.get("FOTA_MQTT_CLIENT_ID", d.mqtt_client_id),
+                   api_token=env.get("FOTA_API_TOKEN", d.api_token))

@@ -1,37 +1,60 @@
 """`fota-server`: the update server under gunicorn.
 
-gthread workers: a slow download occupies one thread, not a whole worker, and the worker
-keeps heart-beating, so a transfer over a slow link is not killed after the 30 s timeout
-that would end it under the default sync workers.
+The master prepares what must exist once before workers fork: the data dir, the registry
+schema, the API token, and an empty directory for the workers' metrics.
 """
 from __future__ import annotations
 
+import os
+import sqlite3
 import sys
+from dataclasses import replace
 
-from gunicorn.app.base import BaseApplication
+from .auth import load_or_create_token
+from .config import ConfigError, ServerConfig
+from .registry import Registry
 
-from .app import create_app
-from .config import ServerConfig
+METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"     # metrics.MULTIPROC_ENV; that module must not be imported before it is set
 
 
-class GunicornServer(BaseApplication):
-    def __init__(self, config: ServerConfig) -> None:
-        self._config = config
-        super().__init__()
+def prepare(config: ServerConfig) -> ServerConfig:
+    """Create the data dir and schema; resolve the API token (printed once, when generated)."""
+    if not (config.releases_dir / "index.json").is_file():
+        raise ConfigError(f"no release index at {config.releases_dir}/index.json: run the signer first "
+                          "(fota-signer) or point FOTA_RELEASES_DIR at its output")
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    if not os.access(config.data_dir, os.W_OK):
+        raise ConfigError(f"data dir {config.data_dir} is not writable: mount a volume there or set FOTA_DATA_DIR")
+    registry = Registry(config.database)
+    registry.migrate()
+    registry.close()
+    if config.api_token:
+        return config
+    token, created = load_or_create_token(config.token_file)
+    if created:
+        print(f"fota-server: generated API token (shown once; stored in {config.token_file}, "
+              f"or set FOTA_API_TOKEN): {token}", file=sys.stderr, flush=True)
+    return replace(config, api_token=token)
 
-    def load_config(self) -> None:
-        for key, value in {"bind": self._config.bind, "worker_class": "gthread",
-                           "workers": self._config.workers, "threads": self._config.threads,
-                           "accesslog": "-", "errorlog": "-", "keepalive": 5, "timeout": 30,
-                           "graceful_timeout": 5}.items():
-            self.cfg.set(key, value)
 
-    def load(self):
-        return create_app(self._config)
+def fresh_metrics_dir(config: ServerConfig) -> None:
+    """Empty <data dir>/metrics and point prometheus_client's multiprocess mode at it."""
+    directory = config.data_dir / "metrics"
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()
+    os.environ[METRICS_ENV] = str(directory)
 
 
 def main(argv: list[str] | None = None) -> int:
-    GunicornServer(ServerConfig.from_env()).run()
+    try:
+        config = prepare(ServerConfig.from_env())
+        fresh_metrics_dir(config)
+    except (ConfigError, OSError, RuntimeError, sqlite3.Error) as exc:
+        print(f"fota-server: cannot start: {exc}", file=sys.stderr)
+        return 2
+    from .gunicorn_app import GunicornServer     # only now: prometheus_client reads METRICS_ENV at import
+    GunicornServer(config).run()
     return 0
 
 

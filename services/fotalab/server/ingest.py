@@ -1,0 +1,168 @@
+"""MQTT ingestion: device state, events and status into the registry, exactly once.
+
+Exactly one process ingests, whatever the number of gunicorn workers: every worker runs an
+elector thread that tries to take an exclusive flock(2) on `<data dir>/ingest.lock`; the one
+that gets it ingests, the others retry every second. The kernel drops the lock when its
+holder dies in any way (SIGKILL, worker timeout, restart), so another worker takes over
+within a second, and two servers on one data volume still ingest once. This was chosen over
+running the client in the gunicorn master (when_ready hook): the master would fork workers
+while the MQTT thread holds locks (logging, sqlite, paho), which can deadlock the children,
+and the master's SIGCHLD reaping would have to supervise a client it is not built for.
+
+Exactly once end to end:
+- one persistent MQTT session (clean_session False, fixed client id, QoS 1): the broker
+  queues events while no ingester is connected (server restart, takeover) and redelivers
+  any message not acknowledged;
+- manual acknowledgement: a message is acknowledged only after its transaction committed;
+  if the database write fails the client disconnects, and the broker redelivers it;
+- redeliveries are harmless: events are unique by (device, ts, event) and a state report
+  never replaces a newer one (registry.py);
+- retained state and status are handed out again on every subscription, so a server that
+  was down, or lost its volume, catches up with every device's current state.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import paho.mqtt.client as mqtt
+
+from ..topics import PREFIX
+from . import metrics
+from .config import ServerConfig
+from .registry import Registry
+
+log = logging.getLogger("fotalab.server.ingest")
+SUBSCRIPTIONS = [(f"{PREFIX}/devices/+/{kind}", 1) for kind in ("state", "events", "status")]
+MAX_PAYLOAD = 64 * 1024
+
+
+class InvalidMessage(ValueError):
+    """A device message that cannot be stored; it is acknowledged and dropped with a warning."""
+
+
+def _report(device_id: str, payload: bytes, required: str) -> dict:
+    if len(payload) > MAX_PAYLOAD:
+        raise InvalidMessage(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+    try:
+        report = json.loads(payload)
+    except ValueError:
+        raise InvalidMessage("payload is not JSON") from None
+    if not isinstance(report, dict):
+        raise InvalidMessage("payload is not a JSON object")
+    if not isinstance(report.get("ts"), (int, float)) or isinstance(report.get("ts"), bool):
+        raise InvalidMessage("payload has no numeric 'ts'")
+    if not isinstance(report.get(required), str):
+        raise InvalidMessage(f"payload has no string {required!r}")
+    if report.get("device", device_id) != device_id:
+        raise InvalidMessage(f"payload names device {report['device']!r}, the topic {device_id!r}")
+    return report
+
+
+def handle(registry: Registry, topic: str, payload: bytes, now: float | None = None) -> tuple[str, str]:
+    """Store one device message; (topic kind, outcome). Raises InvalidMessage or sqlite3.Error."""
+    parts = topic.split("/")
+    if len(parts) != 5 or "/".join(parts[:3]) != f"{PREFIX}/devices" or not parts[3]:
+        raise InvalidMessage(f"unexpected topic {topic!r}")
+    device_id, kind = parts[3], parts[4]
+    if kind == "status":
+        status = payload.decode(errors="replace")
+        if status not in ("online", "offline"):
+            raise InvalidMessage(f"status {status[:40]!r} is neither 'online' nor 'offline'")
+        registry.record_status(device_id, status == "online", now)
+        return kind, "stored"
+    if kind == "state":
+        return kind, "stored" if registry.record_state(device_id, _report(device_id, payload, "state"), now) else "stale"
+    if kind == "events":
+        stored = registry.record_event(device_id, _report(device_id, payload, "event"), now)
+        return kind, "stored" if stored else "duplicate"
+    raise InvalidMessage(f"unexpected topic kind {kind!r}")
+
+
+class Ingester:
+    """The MQTT client of the elected process."""
+
+    def __init__(self, config: ServerConfig, registry: Registry) -> None:
+        self._registry = registry
+        self._host, self._port = config.mqtt_host, config.mqtt_port
+        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=config.mqtt_client_id,
+                                   clean_session=False, manual_ack=True)
+        if config.mqtt_username:
+            self._client.username_pw_set(config.mqtt_username, config.mqtt_password)
+        self._client.reconnect_delay_set(min_delay=1, max_delay=10)
+        self._client.on_connect = self._connected
+        self._client.on_disconnect = self._disconnected
+        self._client.on_message = self._message
+
+    def run_forever(self, retry_s: float = 2.0) -> None:
+        while True:
+            try:
+                self._client.connect(self._host, self._port, keepalive=30)
+                self._client.loop_forever(retry_first_connection=True)
+            except OSError as exc:
+                log.warning("MQTT broker %s:%d unreachable (%s); retrying", self._host, self._port, exc)
+            time.sleep(retry_s)
+
+    def _connected(self, client: mqtt.Client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.warning("MQTT broker refused the ingester: %s (check FOTA_MQTT_USERNAME/PASSWORD)", reason_code)
+            return
+        client.subscribe(SUBSCRIPTIONS)
+        self._registry.set_ingester(os.getpid(), True)
+        metrics.INGESTER.set(1)
+        log.info("ingesting device messages from %s:%d (session resumed: %s)", self._host, self._port,
+                 bool(flags.session_present))
+
+    def _disconnected(self, client: mqtt.Client, userdata, flags, reason_code, properties) -> None:
+        metrics.INGESTER.set(0)
+        try:
+            self._registry.set_ingester(os.getpid(), False)
+        except sqlite3.Error:
+            pass                         # the status row is informative; the database error is logged elsewhere
+        log.warning("MQTT ingester disconnected: %s", reason_code)
+
+    def _message(self, client: mqtt.Client, userdata, message: mqtt.MQTTMessage) -> None:
+        try:
+            kind, outcome = handle(self._registry, message.topic, message.payload)
+        except InvalidMessage as exc:
+            kind, outcome = message.topic.rsplit("/", 1)[-1], "invalid"
+            log.warning("dropping message on %s: %s", message.topic, exc)
+        except sqlite3.Error as exc:
+            # not acknowledged: disconnecting makes the broker redeliver it on the next session
+            log.error("registry write failed (%s); reconnecting so the broker redelivers", exc)
+            client.disconnect()
+            return
+        metrics.MQTT_MESSAGES.labels(kind, outcome).inc()
+        client.ack(message.mid, message.qos)
+
+
+class Elector(threading.Thread):
+    """Takes the ingest lock when it is free and then runs `work` in this process, for good."""
+
+    def __init__(self, lock_path: Path, work: Callable[[], None], *, retry_s: float = 1.0) -> None:
+        super().__init__(name="ingest-elector", daemon=True)
+        self._lock_path, self._work, self._retry_s = lock_path, work, retry_s
+
+    def run(self) -> None:
+        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                time.sleep(self._retry_s)
+        log.info("this worker (pid %d) is the MQTT ingester", os.getpid())
+        self._work()          # never returns; the lock goes with the process
+
+
+def start_ingestion(config: ServerConfig, registry: Registry) -> Elector:
+    elector = Elector(config.data_dir / "ingest.lock", Ingester(config, registry).run_forever)
+    elector.start()
+    return elector

@@ -1,0 +1,145 @@
+"""The OpenAPI 3.1 description of the server, served at /api/v1/openapi.json.
+
+Written by hand next to the routes; a unit test checks that every route of the app is
+described here and nothing else, so the two cannot drift apart.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+JSON = "application/json"
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict, description: str) -> dict:
+    return {"description": description, "content": {JSON: {"schema": schema}}}
+
+
+ERROR = _json(_ref("Error"), "error, with a message saying what was wrong and what to do")
+DEVICE_ID = {"name": "device_id", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 128}}
+SECURED = [{"bearer": []}]
+
+
+def _query(name: str, description: str, *, required: bool = False, type_: str = "string") -> dict:
+    return {"name": name, "in": "query", "required": required, "description": description, "schema": {"type": type_}}
+
+
+def _artifact_get(summary: str, parameter: dict) -> dict:
+    return {"get": {
+        "summary": summary, "parameters": [
+            parameter,
+            {"name": "Range", "in": "header", "schema": {"type": "string"}, "description": "one range: bytes=START-[END]"},
+            {"name": "If-Range", "in": "header", "schema": {"type": "string"},
+             "description": "the ETag of the partial copy; the range applies only if it still matches"},
+            {"name": "If-None-Match", "in": "header", "schema": {"type": "string"}}],
+        "responses": {
+            "200": {"description": "the whole artifact; ETag is its SHA-256",
+                    "content": {"application/octet-stream": {}}},
+            "206": {"description": "the requested range, with Content-Range",
+                    "content": {"application/octet-stream": {}}},
+            "304": {"description": "If-None-Match matched"},
+            "404": ERROR, "412": ERROR,
+            "416": _json(_ref("Error"), "a multi-range, malformed or unsatisfiable range")}}}
+
+
+def openapi_document() -> dict[str, Any]:
+    device_item = {"type": "object", "properties": {
+        "device_id": {"type": "string"}, "hardware": {"type": ["string", "null"]},
+        "state": {"type": ["string", "null"]}, "version": {"type": ["string", "null"]},
+        "slot": {"type": ["string", "null"]}, "image_sha256": {"type": ["string", "null"]},
+        "progress": {"type": ["number", "null"]}, "reason": {"type": ["string", "null"]},
+        "state_ts": {"type": "number", "description": "the device's clock at its last state report"},
+        "online": {"type": "boolean"}, "first_seen": {"type": "number"}, "last_seen": {"type": "number"},
+        "assigned_version": {"type": ["string", "null"]},
+        "report": {"type": ["object", "null"], "description": "the last state report as sent"}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "fota-lab update server", "version": "1",
+                 "description": "Signed releases, content-addressed artifacts with Range support, the device "
+                                "registry fed by MQTT, and per-device release assignments. Requests that change "
+                                "state need 'Authorization: Bearer <FOTA_API_TOKEN>'."},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {"type": "object", "required": ["error", "status"],
+                          "properties": {"error": {"type": "string"}, "status": {"type": "integer"}}},
+                "Device": device_item,
+                "Assignment": {"type": "object", "properties": {
+                    "version": {"type": "string"},
+                    "source": {"enum": ["device", "default"],
+                               "description": "assigned to this device, or the server's default release"}}},
+                "Offer": {"type": "object", "required": ["update"], "properties": {
+                    "update": {"type": "boolean"}, "reason": {"type": "string"}, "version": {"type": "string"},
+                    "manifest": {"type": "string", "description": "the signed manifest document"},
+                    "artifact": {"type": "string", "description": "URL path of the artifact to download"},
+                    "artifact_sha256": {"type": "string"}, "artifact_length": {"type": "integer"},
+                    "artifact_kind": {"enum": ["delta", "image"]}, "base_sha256": {"type": ["string", "null"]},
+                    "assigned": {"type": "string"}, "assignment": {"enum": ["device", "default"]}}},
+                "Event": {"type": "object", "properties": {
+                    "id": {"type": "integer"}, "ts": {"type": "number"}, "event": {"type": "string"},
+                    "received_at": {"type": "number"}, "payload": {"type": "object"}}}}},
+        "paths": {
+            "/healthz": {"get": {"summary": "liveness", "responses": {"200": _json({"type": "object"}, "alive")}}},
+            "/readyz": {"get": {"summary": "readiness: the registry database and the MQTT broker answer",
+                                "responses": {"200": _json({"type": "object"}, "ready"),
+                                              "503": _json({"type": "object"}, "not ready, with the failing check")}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics (text format)",
+                                 "responses": {"200": {"description": "metrics", "content": {"text/plain": {}}}}}},
+            "/artifacts/{sha256}": _artifact_get(
+                "an artifact by its SHA-256 (immutable)",
+                {"name": "sha256", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}),
+            "/updates/{name}": _artifact_get(
+                "an artifact by an indexed name (the seed's URLs, e.g. v1_to_v2.delta, v2.bin, v2.sig)",
+                {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}),
+            "/hash/{name}": {"get": {
+                "summary": "the seed's hash file, e.g. v2.sha256: '<sha256>  <name>'",
+                "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "sha256sum line", "content": {"text/plain": {}}},
+                              "404": ERROR}}},
+            "/api/v1/openapi.json": {"get": {"summary": "this document",
+                                             "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")}}},
+            "/api/v1/releases": {"get": {
+                "summary": "signed releases and their artifacts",
+                "parameters": [_query("hardware", "only this hardware id")],
+                "responses": {"200": _json({"type": "object"}, "releases, key id and the default release")}}},
+            "/api/v1/manifest": {"get": {
+                "summary": "what a device should install: the signed manifest of its assigned release and the "
+                           "best artifact for its running image, or no update",
+                "parameters": [_query("device", "device id", required=True),
+                               _query("hardware", "hardware id", required=True),
+                               _query("version", "running version", required=True),
+                               _query("image", "SHA-256 of the running image (selects a delta)")],
+                "responses": {"200": _json(_ref("Offer"), "an update or none, with the reason"),
+                              "400": ERROR, "404": ERROR}}},
+            "/api/v1/devices": {"get": {
+                "summary": "every device the server heard of over MQTT",
+                "parameters": [_query("state", "only devices in this state"),
+                               _query("online", "true or false")],
+                "responses": {"200": _json({"type": "object", "properties": {
+                    "devices": {"type": "array", "items": _ref("Device")}, "count": {"type": "integer"}}},
+                    "devices"), "400": ERROR}}},
+            "/api/v1/devices/{device_id}": {"get": {
+                "summary": "one device with its effective assignment", "parameters": [DEVICE_ID],
+                "responses": {"200": _json(_ref("Device"), "the device"), "400": ERROR, "404": ERROR}}},
+            "/api/v1/devices/{device_id}/history": {"get": {
+                "summary": "the device's events, oldest first, append-only",
+                "parameters": [DEVICE_ID, _query("after", "event id to continue after", type_="integer"),
+                               _query("limit", "1-1000, default 100", type_="integer")],
+                "responses": {"200": _json({"type": "object", "properties": {
+                    "events": {"type": "array", "items": _ref("Event")},
+                    "next_after": {"type": ["integer", "null"]}}}, "events"), "400": ERROR, "404": ERROR}}},
+            "/api/v1/devices/{device_id}/assignment": {
+                "get": {"summary": "the release this device is offered", "parameters": [DEVICE_ID],
+                        "responses": {"200": _json(_ref("Assignment"), "assignment"), "400": ERROR}},
+                "put": {"summary": "assign a release to this device (overrides the default)", "security": SECURED,
+                        "parameters": [DEVICE_ID],
+                        "requestBody": {"required": True, "content": {JSON: {"schema": {
+                            "type": "object", "required": ["version"], "properties": {"version": {"type": "string"}}}}}},
+                        "responses": {"200": _json(_ref("Assignment"), "assigned"), "400": ERROR, "401": ERROR,
+                                      "422": ERROR}},
+                "delete": {"summary": "back to the server's default release", "security": SECURED,
+                           "parameters": [DEVICE_ID],
+                           "responses": {"204": {"description": "removed (or there was none)"}, "401": ERROR}}}}}

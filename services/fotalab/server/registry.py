@@ -1,0 +1,224 @@
+"""The device registry: SQLite in WAL mode on the server's volume.
+
+Every device with its last reported state, online status and last contact; an append-only
+event history; per-device release assignments; the ingester's status. WAL lets every
+gunicorn worker read while the one ingester writes. Each thread keeps its own connection
+(sqlite3 connections are not shared between threads), opened on first use, so nothing
+opened in the gunicorn master crosses a fork.
+
+Idempotence is in the schema, so a replayed MQTT message changes nothing:
+- an event is unique by (device, ts, event): a redelivery after a reconnect is ignored;
+- a state report only replaces an older one (by the device's ts): the retained state the
+  broker hands out again after a restart does not roll a newer state back.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS devices (
+    device_id    TEXT PRIMARY KEY,
+    hardware     TEXT,
+    state        TEXT,
+    version      TEXT,
+    slot         TEXT,
+    image_sha256 TEXT,
+    progress     REAL,
+    reason       TEXT,
+    state_ts     REAL NOT NULL DEFAULT 0,   -- the device's clock; orders state reports
+    report       TEXT,                      -- the last state report as the device sent it
+    online       INTEGER NOT NULL DEFAULT 0,
+    first_seen   REAL NOT NULL,             -- server clock
+    last_seen    REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    device_id   TEXT NOT NULL,
+    ts          REAL NOT NULL,
+    event       TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    payload     TEXT NOT NULL,
+    UNIQUE (device_id, ts, event)
+);
+CREATE INDEX IF NOT EXISTS events_by_device ON events (device_id, id);
+CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
+    BEGIN SELECT RAISE(ABORT, 'the event history is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
+    BEGIN SELECT RAISE(ABORT, 'the event history is append-only'); END;
+CREATE TABLE IF NOT EXISTS assignments (
+    device_id   TEXT PRIMARY KEY,
+    version     TEXT NOT NULL,
+    assigned_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ingester (
+    id        INTEGER PRIMARY KEY CHECK (id = 1),
+    pid       INTEGER NOT NULL,
+    connected INTEGER NOT NULL,
+    since     REAL NOT NULL
+);
+"""
+DEVICE_COLUMNS = ("device_id", "hardware", "state", "version", "slot", "image_sha256", "progress", "reason",
+                  "state_ts", "online", "first_seen", "last_seen")
+
+
+class Registry:
+    def __init__(self, path: Path, *, busy_timeout_s: float = 10.0) -> None:
+        self.path = path
+        self._timeout = busy_timeout_s
+        self._local = threading.local()
+
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA synchronous=NORMAL")     # WAL: a process crash loses no commit
+            self._local.db = db
+        return db
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; IMMEDIATE takes the write lock first, so it waits (busy timeout)
+        instead of failing on a lock upgrade when another process writes."""
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def migrate(self) -> None:
+        """Create the schema (once, in the master before workers start)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = self._db()
+        if db.execute("PRAGMA journal_mode=WAL").fetchone()[0] != "wal":
+            raise RuntimeError(f"{self.path}: SQLite refused WAL mode; put the data dir on a local filesystem")
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(f"{self.path} has schema {version}, newer than this server's {SCHEMA_VERSION}: "
+                               "run a newer server or move the file away")
+        db.executescript(SCHEMA + f"PRAGMA user_version = {SCHEMA_VERSION};")
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+    def ping(self) -> int:
+        """Devices known; raises sqlite3.Error when the database cannot be read."""
+        return self._db().execute("SELECT count(*) FROM devices").fetchone()[0]
+
+    # --- ingestion (the one ingester writes these) --------------------------------------------
+
+    def _seen(self, db: sqlite3.Connection, device_id: str, now: float) -> None:
+        db.execute("INSERT INTO devices (device_id, first_seen, last_seen) VALUES (?, ?, ?) "
+                   "ON CONFLICT (device_id) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen)",
+                   (device_id, now, now))
+
+    def record_state(self, device_id: str, report: dict, now: float | None = None) -> bool:
+        """Store a state report unless a newer one is stored; True if it was stored."""
+        now = time.time() if now is None else now
+        with self._write() as db:
+            self._seen(db, device_id, now)
+            changed = db.execute(
+                "UPDATE devices SET hardware = ?, state = ?, version = ?, slot = ?, image_sha256 = ?, "
+                "progress = ?, reason = ?, state_ts = ?, report = ? WHERE device_id = ? AND state_ts < ?",
+                (report.get("hardware"), report.get("state"), report.get("version"), report.get("slot"),
+                 report.get("image_sha256"), report.get("progress"), report.get("reason"), report["ts"],
+                 json.dumps(report, sort_keys=True), device_id, report["ts"])).rowcount
+        return changed == 1
+
+    def record_status(self, device_id: str, online: bool, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        with self._write() as db:
+            self._seen(db, device_id, now)
+            db.execute("UPDATE devices SET online = ? WHERE device_id = ?", (int(online), device_id))
+
+    def record_event(self, device_id: str, event: dict, now: float | None = None) -> bool:
+        """Append an event; False if this (device, ts, event) is already in the history."""
+        now = time.time() if now is None else now
+        with self._write() as db:
+            self._seen(db, device_id, now)
+            stored = db.execute("INSERT OR IGNORE INTO events (device_id, ts, event, received_at, payload) "
+                                "VALUES (?, ?, ?, ?, ?)",
+                                (device_id, event["ts"], event["event"], now, json.dumps(event, sort_keys=True))
+                                ).rowcount
+        return stored == 1
+
+    def set_ingester(self, pid: int, connected: bool) -> None:
+        with self._write() as db:
+            db.execute("INSERT INTO ingester (id, pid, connected, since) VALUES (1, ?, ?, ?) ON CONFLICT (id) "
+                       "DO UPDATE SET pid = excluded.pid, connected = excluded.connected, since = excluded.since",
+                       (pid, int(connected), time.time()))
+
+    # --- queries --------------------------------------------------------------------------------
+
+    def ingester(self) -> dict | None:
+        row = self._db().execute("SELECT pid, connected, since FROM ingester WHERE id = 1").fetchone()
+        return {"pid": row["pid"], "connected": bool(row["connected"]), "since": row["since"]} if row else None
+
+    @staticmethod
+    def _device(row: sqlite3.Row) -> dict:
+        device = {column: row[column] for column in DEVICE_COLUMNS}
+        device["online"] = bool(device["online"])
+        device["report"] = json.loads(row["report"]) if row["report"] else None
+        device["assigned_version"] = row["assigned_version"]
+        return device
+
+    _SELECT_DEVICES = ("SELECT d.*, a.version AS assigned_version FROM devices d "
+                       "LEFT JOIN assignments a ON a.device_id = d.device_id")
+
+    def devices(self, *, state: str | None = None, online: bool | None = None) -> list[dict]:
+        where, args = [], []
+        if state is not None:
+            where.append("d.state = ?")
+            args.append(state)
+        if online is not None:
+            where.append("d.online = ?")
+            args.append(int(online))
+        sql = self._SELECT_DEVICES + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY d.device_id"
+        return [self._device(row) for row in self._db().execute(sql, args)]
+
+    def device(self, device_id: str) -> dict | None:
+        row = self._db().execute(self._SELECT_DEVICES + " WHERE d.device_id = ?", (device_id,)).fetchone()
+        return self._device(row) if row else None
+
+    def history(self, device_id: str, *, after: int = 0, limit: int = 100) -> list[dict]:
+        rows = self._db().execute("SELECT id, ts, event, received_at, payload FROM events "
+                                  "WHERE device_id = ? AND id > ? ORDER BY id LIMIT ?", (device_id, after, limit))
+        return [{"id": r["id"], "ts": r["ts"], "event": r["event"], "received_at": r["received_at"],
+                 "payload": json.loads(r["payload"])} for r in rows]
+
+    def counts(self) -> tuple[dict[str, int], int]:
+        """Devices by state (devices that never reported a state count as 'unknown'), and online."""
+        db = self._db()
+        by_state = {row[0] or "unknown": row[1]
+                    for row in db.execute("SELECT state, count(*) FROM devices GROUP BY state")}
+        online = db.execute("SELECT count(*) FROM devices WHERE online = 1").fetchone()[0]
+        return by_state, online
+
+    # --- assignments ------------------------------------------------------------------------------
+
+    def assignment(self, device_id: str) -> str | None:
+        row = self._db().execute("SELECT version FROM assignments WHERE device_id = ?", (device_id,)).fetchone()
+        return row[0] if row else None
+
+    def set_assignment(self, device_id: str, version: str) -> None:
+        with self._write() as db:
+            db.execute("INSERT INTO assignments (device_id, version, assigned_at) VALUES (?, ?, ?) "
+                       "ON CONFLICT (device_id) DO UPDATE SET version = excluded.version, "
+                       "assigned_at = excluded.assigned_at", (device_id, version, time.time()))
+
+    def clear_assignment(self, device_id: str) -> bool:
+        with self._write() as db:
+            return db.execute("DELETE FROM assignments WHERE device_id = ?", (device_id,)).rowcount == 1
