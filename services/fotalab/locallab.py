@@ -19,6 +19,8 @@ from pathlib import Path
 
 import requests
 
+from .provision import SERVER
+
 LAB_RELEASES = """\
 expires_days = 30
 max_deltas = 5
@@ -132,11 +134,24 @@ def build_releases(root: Path, *, size: int = 64 * 1024) -> Path:
 
 @dataclass
 class Server:
+    """The update server under gunicorn. With a `broker` it ingests device messages as the lab's
+    server identity. `data_dir` holds its registry and generated API token (default: next to the
+    log); `env` adds settings, e.g. FOTA_API_TOKEN or FOTA_SERVER_THREADS."""
+
     releases: Path
     log: Path
     port: int = field(default_factory=free_port)
     default_release: str = "2.0.0"
     process: subprocess.Popen | None = None
+    workers: int = 2
+    broker: Broker | None = None
+    data_dir: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    # its own persistent MQTT session: servers of other tests on the same broker do not share it
+    mqtt_client_id: str = field(default_factory=lambda: f"fotalab-server-{os.urandom(4).hex()}")
+
+    def __post_init__(self) -> None:
+        self.data_dir = self.data_dir or self.log.with_suffix(".data")
 
     @property
     def url(self) -> str:
@@ -144,12 +159,19 @@ class Server:
 
     def start(self) -> "Server":
         env = {**os.environ, "FOTA_RELEASES_DIR": str(self.releases), "FOTA_SERVER_BIND": f"127.0.0.1:{self.port}",
-               "FOTA_DEFAULT_RELEASE": self.default_release, "FOTA_SERVER_WORKERS": "2"}
+               "FOTA_DEFAULT_RELEASE": self.default_release, "FOTA_SERVER_WORKERS": str(self.workers),
+               "FOTA_DATA_DIR": str(self.data_dir), "FOTA_MQTT_CLIENT_ID": self.mqtt_client_id}
+        if self.broker:
+            env.update(FOTA_MQTT_HOST="127.0.0.1", FOTA_MQTT_PORT=str(self.broker.port), FOTA_MQTT_USERNAME=SERVER,
+                       FOTA_MQTT_PASSWORD_FILE=str(self.broker.password_file(SERVER)))
+        env.update(self.env)
         with self.log.open("ab") as out:
             self.process = subprocess.Popen([sys.executable, "-m", "fotalab.server.main"], env=env, stdout=out,
                                             stderr=subprocess.STDOUT, start_new_session=True)
 
         def healthy() -> bool:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"update server exited with {self.process.returncode}; see {self.log}")
             try:
                 return requests.get(f"{self.url}/healthz", timeout=1).ok
             except requests.RequestException:
