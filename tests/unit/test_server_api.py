@@ -64,6 +64,13 @@ def test_generated_token_is_kept_and_shown_only_when_created(tmp_path, store, ca
     assert second.api_token == first.api_token and first.api_token not in capsys.readouterr().err
 
 
+def test_a_restart_does_not_report_the_previous_runs_ingester(tmp_path, store, registry):
+    registry.set_ingester(12345, True)
+    assert registry.ingester()["connected"] is True
+    prepare(ServerConfig(releases_dir=store.root, data_dir=tmp_path / "data", api_token=TOKEN))
+    assert registry.ingester() is None
+
+
 def test_devices_and_history_from_ingested_messages(client, registry):
     state = b'{"device": "dev-1", "ts": 10.5, "state": "downloading", "version": "1.0.0", "slot": "a", ' \
             b'"hardware": "m4", "progress": 0.25, "target": "2.0.0"}'

@@ -27,6 +27,7 @@ def prepare(config: ServerConfig) -> ServerConfig:
         raise ConfigError(f"data dir {config.data_dir} is not writable: mount a volume there or set FOTA_DATA_DIR")
     registry = Registry(config.database)
     registry.migrate()
+    registry.forget_ingester()
     registry.close()
     if config.api_token:
         return config

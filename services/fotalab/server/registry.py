@@ -155,6 +155,11 @@ class Registry:
                                 ).rowcount
         return stored == 1
 
+    def forget_ingester(self) -> None:
+        """At server start: the previous run's ingester status says nothing about this run."""
+        with self._write() as db:
+            db.execute("DELETE FROM ingester")
+
     def set_ingester(self, pid: int, connected: bool) -> None:
         with self._write() as db:
             db.execute("INSERT INTO ingester (id, pid, connected, since) VALUES (1, ?, ?, ?) ON CONFLICT (id) "
