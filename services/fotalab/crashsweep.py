@@ -25,7 +25,6 @@ from pathlib import Path
 from .device.config import DeviceConfig
 from .device.main import inspect
 from .durable import FAULT_MODES, FaultPlan
-from .fleetwatch import FleetWatcher
 from .locallab import Broker, Device, Server, build_releases
 
 
@@ -58,7 +57,7 @@ class Sweep:
         self.broker = Broker(workdir / "broker").start()
         self.servers = {s.release: Server(self.store, workdir / f"server-{s.release}.log",
                                           default_release=s.release).start() for s in SCENARIOS}
-        self.commands = FleetWatcher("127.0.0.1", self.broker.port)
+        self.commands = self.broker.watcher()
         self.factory_flash = workdir / "factory-flash"
         self._provision()
         self._serial = 0

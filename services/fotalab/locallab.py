@@ -13,13 +13,15 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
 
-from .provision import SERVER
+from .fleetwatch import FleetWatcher
+from .provision import SERVER, Credentials, fleet_identities
 
 LAB_RELEASES = """\
 expires_days = 30
@@ -90,15 +92,52 @@ def _stop(process: subprocess.Popen | None) -> None:
 
 @dataclass
 class Broker:
+    """mosquitto with the lab's authentication and ACL; devices are enrolled as they appear."""
+
     root: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
+    _enrolled: set = field(default_factory=set)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def credentials(self) -> Path:
+        return self.root / "credentials"
+
+    def password_file(self, identity: str) -> Path:
+        return self.credentials / f"{identity}.password"
+
+    def watcher(self, identity: str = SERVER) -> FleetWatcher:
+        return FleetWatcher("127.0.0.1", self.port, username=identity,
+                            password=Credentials(self.credentials).password(identity))
+
+    def enroll(self, identity: str) -> None:
+        """Give a new device its credential and make the running broker reload (SIGHUP)."""
+        with self._lock:
+            if identity in self._enrolled:
+                return
+            Credentials(self.credentials).provision([identity])
+            self.process.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    self.watcher(identity).close()
+                    break
+                except ConnectionRefusedError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+            self._enrolled.add(identity)
 
     def start(self) -> "Broker":
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         self.root.mkdir(parents=True, exist_ok=True)
         conf = self.root / "mosquitto.conf"
-        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\nlog_dest stdout\n")
+        Credentials(self.credentials).provision(fleet_identities(0))
+        # started as root (CI), mosquitto would drop to its own user, which cannot read the test's files
+        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous false\nlog_dest stdout\n"
+                        f"{'user root' if os.geteuid() == 0 else ''}\n"
+                        f"password_file {self.credentials}/passwd\nacl_file {self.credentials}/acl\n")
         with (self.root / "mosquitto.log").open("ab") as log:
             self.process = subprocess.Popen([exe, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT,
                                             start_new_session=True)
@@ -197,12 +236,14 @@ class Device:
 
     def environment(self) -> dict[str, str]:
         return {**os.environ, "FOTA_DEVICE_ID": self.device_id, "FOTA_FLASH_DIR": str(self.flash_dir),
+                "FOTA_MQTT_PASSWORD_FILE": str(self.broker.password_file(self.device_id)),
                 "FOTA_FACTORY_DIR": str(self.releases / "factory"), "FOTA_MQTT_HOST": "127.0.0.1",
                 "FOTA_MQTT_PORT": str(self.broker.port), "FOTA_SERVER_URL": self.server.url,
                 "FOTA_RESET_DELAY_S": "0.2", "FOTA_TRIAL_SOAK_S": "0", "FOTA_WATCHDOG_S": "10",
                 **self.env}
 
     def start(self, **extra_env: str) -> "Device":
+        self.broker.enroll(self.device_id)
         log = (self.flash_dir.parent / f"{self.device_id}.log").open("ab")
         self.process = subprocess.Popen([sys.executable, "-m", "fotalab.device.main", "run"],
                                         env={**self.environment(), **extra_env}, stdout=log,

@@ -15,6 +15,7 @@ import pytest
 from fotalab.composelab import ComposeLab, docker_problem
 from fotalab.fleetwatch import FleetWatcher
 from fotalab.locallab import free_port
+from fotalab.provision import SERVER
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
@@ -47,5 +48,7 @@ def compose_lab():
 
 @pytest.fixture
 def fleet(compose_lab):
-    with FleetWatcher("127.0.0.1", int(compose_lab.env["MQTT_PORT"])) as watcher:
+    """The fleet over MQTT, seen with the server's identity (the one that may send commands)."""
+    password = compose_lab.read_file("server", f"/credentials/{SERVER}.password")
+    with FleetWatcher("127.0.0.1", int(compose_lab.env["MQTT_PORT"]), username=SERVER, password=password) as watcher:
         yield watcher

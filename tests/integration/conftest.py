@@ -6,7 +6,6 @@ import shutil
 import pytest
 
 from fotalab import locallab
-from fotalab.fleetwatch import FleetWatcher
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +34,8 @@ def update_server(release_store, tmp_path):
 
 @pytest.fixture
 def fleet(broker):
-    with FleetWatcher("127.0.0.1", broker.port) as watcher:
+    """The server's view of the fleet over MQTT (the one identity allowed to send commands)."""
+    with broker.watcher() as watcher:
         yield watcher
 
 

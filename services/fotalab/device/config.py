@@ -65,6 +65,7 @@ class DeviceConfig:
         def get(name: str, default: object) -> str:
             return env.get(f"FOTA_{name}", str(default))
         defaults = cls(device_id="")
+        username = get("MQTT_USERNAME", get("DEVICE_ID", socket.gethostname()))
         fault, oplog = env.get("FOTA_FLASH_FAULT"), env.get("FOTA_FLASH_OPLOG")
         return cls(
             device_id=get("DEVICE_ID", socket.gethostname()),
@@ -73,8 +74,10 @@ class DeviceConfig:
             factory_dir=Path(get("FACTORY_DIR", defaults.factory_dir)),
             mqtt_host=get("MQTT_HOST", defaults.mqtt_host),
             mqtt_port=int(get("MQTT_PORT", defaults.mqtt_port)),
-            mqtt_username=get("MQTT_USERNAME", get("DEVICE_ID", socket.gethostname())),
-            mqtt_password=read_secret(env, "MQTT_PASSWORD"),
+            mqtt_username=username,
+            mqtt_password=read_secret(env, "MQTT_PASSWORD") or read_secret(
+                {"FOTA_MQTT_PASSWORD_FILE": f"{get('CREDENTIALS_DIR', '/credentials')}/{username}.password"},
+                "MQTT_PASSWORD"),
             server_url=get("SERVER_URL", defaults.server_url),
             boot_limit=int(get("BOOT_LIMIT", defaults.boot_limit)),
             power_cut_limit=int(get("POWER_CUT_LIMIT", defaults.power_cut_limit)),
