@@ -62,6 +62,8 @@ class GunicornServer(BaseApplication):
         settings = {"bind": config.bind, "worker_class": SlowLinkThreadWorker, "workers": config.workers,
                     "threads": config.threads, "timeout": config.timeout, "keepalive": config.keepalive,
                     "graceful_timeout": 5, "errorlog": "-", "logger_class": JsonLogger, "preload_app": True,
+                    # no gunicornc socket: every server on a host would share ~/.gunicorn/gunicorn.ctl
+                    "control_socket_disable": True,
                     "post_worker_init": self._post_worker_init, "child_exit": self._child_exit}
         for key, value in settings.items():
             self.cfg.set(key, value)
