@@ -3,11 +3,12 @@
 `scripts/chaos` (see --help) triggers the update on every device, then, on a seeded random
 schedule, cuts the power of a random device (`docker kill`) in whatever phase it is
 (downloading, patching, trial boot, idle), keeps it off for a random time and starts it
-again. With --reset-waves, a fleet that converged is reset to its factory flash and updated
-again, so a long campaign keeps hitting every phase. Afterwards it waits (bounded) for the
+again. With --reset-waves, a converged device picked for a kill is reset to its factory flash
+instead and updated again, so a long campaign keeps hitting every phase. Afterwards it waits (bounded) for the
 fleet to settle and checks every device from its own flash (`fota-device inspect`): never
 bricked, on the target version with no update pending, security counter equal to the
-committed image's, and no committed version lost. It only observes and checks, so kills from
+committed image's, no committed version lost, and the server's registry and history agreeing
+with the flash. It only observes and checks, so kills from
 another tool at the same time are fine. It writes a JSON report and ends with
 
     chaos: <K> kills on <N> devices: <B> bricked, <C>/<N> converged, recovery p99 <s> s
@@ -24,6 +25,8 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import requests
 
 from .composelab import ComposeLab
 from .fleetwatch import FleetWatcher
@@ -42,6 +45,7 @@ class Kill:
     off_s: float
     started_at: float = 0.0
     recovery_s: float | None = None
+    interrupted: bool = False     # cut again before it had booted: no recovery to time
 
 
 @dataclass
@@ -61,16 +65,18 @@ def p99(values: list[float]) -> float:
 
 
 class Campaign:
-    def __init__(self, lab: ComposeLab, watcher: FleetWatcher, *, target: str, kills: int, seed: int,
-                 off_s: tuple[float, float], gap_s: tuple[float, float], reset_waves: bool) -> None:
-        self.lab, self.watcher, self.target, self.quota = lab, watcher, target, kills
+    def __init__(self, lab: ComposeLab, watcher: FleetWatcher, *, server_url: str, target: str, kills: int,
+                 seed: int, off_s: tuple[float, float], gap_s: tuple[float, float], reset_waves: bool,
+                 infra_share: float = 0.0) -> None:
+        self.lab, self.watcher, self.server_url, self.target, self.quota = lab, watcher, server_url, target, kills
         self.rng = random.Random(seed)
-        self.off_s, self.gap_s, self.reset_waves = off_s, gap_s, reset_waves
+        self.off_s, self.gap_s, self.reset_waves, self.infra_share = off_s, gap_s, reset_waves, infra_share
         self.devices = lab.device_containers()
         self.kills: list[Kill] = []
         self.off: set[str] = set()
         self.highest_committed: dict[str, str] = {}
-        self.waves = 0
+        self.reset_at: dict[str, float] = {}
+        self.resets = 0
         self._lock = threading.Lock()
 
     # -- observing
@@ -80,22 +86,30 @@ class Campaign:
     def converged(self, device: str) -> bool:
         state = self.state(device)
         return state.get("version") == self.target and bool(state.get("confirmed")) and \
-            state.get("state") in ("committed", "up_to_date", "running")
+            state.get("state") in ("committed", "up_to_date", "running") and \
+            state.get("ts", 0) > self.reset_at.get(device, 0)
 
     def note_commits(self) -> None:
         for device in self.devices:
             for event in self.watcher.events.get(device, []):
-                if event.get("event") == "committed":
+                if event.get("event") == "committed" and event["ts"] > self.reset_at.get(device, 0):
                     best = self.highest_committed.get(device, "0.0.0")
                     if parse_version(event["version"]) > parse_version(best):
                         self.highest_committed[device] = event["version"]
 
     # -- acting
+    def hint(self, devices: list[str] | None = None) -> None:
+        try:
+            self.watcher.command(devices, {"cmd": "update"})
+        except (RuntimeError, ValueError):      # the broker is down this moment: the next hint will do
+            pass
+
     def hint_all(self) -> None:
-        self.watcher.command(None, {"cmd": "update"})
+        self.hint(None)
 
     def power_cycle(self, device: str) -> None:
-        phase = PHASES.get(self.state(device).get("state", ""), "idle")
+        """Kill a service and start it again after a random time (devices: a power cut)."""
+        phase = PHASES.get(self.state(device).get("state", ""), "idle") if device in self.devices else device
         off = self.rng.uniform(*self.off_s)
         kill = Kill(device, phase, time.time(), round(off, 2))
         self.lab.kill(device)
@@ -110,15 +124,13 @@ class Campaign:
                 self.off.discard(device)
         threading.Timer(off, power_on).start()
 
-    def reset_wave(self) -> None:
-        """Every device back to its factory flash, then the update again."""
-        self.note_commits()
-        self.highest_committed.clear()
-        for device in self.devices:
-            self.lab.reset_flash(device)
-        self.waves += 1
-        time.sleep(3)
-        self.hint_all()
+    def reset(self, device: str) -> None:
+        """A converged device back to its factory flash, then the update again: a new wave for it."""
+        self.reset_at[device] = time.time()
+        self.highest_committed.pop(device, None)
+        self.lab.reset_flash(device)
+        self.resets += 1
+        threading.Timer(4.0, self.hint, args=([device],)).start()
 
     def run(self, settle_timeout: float) -> list[Verdict]:
         self.hint_all()
@@ -127,11 +139,15 @@ class Campaign:
             time.sleep(self.rng.uniform(*self.gap_s))
             with self._lock:
                 candidates = [d for d in self.devices if d not in self.off]
-            if self.reset_waves and not self.off and all(self.converged(d) for d in self.devices):
-                self.reset_wave()
-                continue
-            if candidates:
-                self.power_cycle(self.rng.choice(candidates))
+            infra = [s for s in ("server", "mosquitto") if s not in self.off]
+            if infra and self.rng.random() < self.infra_share:
+                self.power_cycle(self.rng.choice(infra))
+            elif candidates:
+                device = self.rng.choice(candidates)
+                if self.reset_waves and self.converged(device):
+                    self.reset(device)
+                else:
+                    self.power_cycle(device)
             if time.monotonic() > next_hint:      # a device booted mid-wave may have missed the hint
                 self.hint_all()
                 next_hint = time.monotonic() + 10
@@ -149,10 +165,17 @@ class Campaign:
         return [self.check(device) for device in self.devices]
 
     def measure_recovery(self) -> None:
+        """A device has recovered when it reports its next boot (the server and broker are not timed)."""
         for kill in self.kills:
+            if kill.device not in self.devices:
+                continue
             boots = [e["ts"] for e in self.watcher.events.get(kill.device, [])
                      if e.get("event") == "booted" and kill.started_at and e["ts"] >= kill.started_at]
-            kill.recovery_s = round(min(boots) - kill.started_at, 2) if boots else None
+            next_cut = min((k.at for k in self.kills if k.device == kill.device and k.at > kill.at), default=math.inf)
+            if boots and min(boots) < next_cut:
+                kill.recovery_s = round(min(boots) - kill.started_at, 2)
+            else:
+                kill.interrupted = next_cut < math.inf
 
     def check(self, device: str) -> Verdict:
         try:
@@ -176,7 +199,32 @@ class Campaign:
         if not verdict.converged:
             verdict.problems.append(f"not converged: runs {running['version']} "
                                     f"({'confirmed' if boot['confirmed'] else 'on trial'}), journal {flash['journal']}")
+        verdict.problems += self.server_disagreements(device, flash)
         return verdict
+
+    def server_disagreements(self, device: str, flash: dict) -> list[str]:
+        """The server's registry and history must tell the same story as the device's flash."""
+        running = flash["running"]
+        sha = flash["slots"][running["slot"]]["sha256"]
+        deadline, problems = time.monotonic() + 15, ["server not reachable"]
+        while problems and time.monotonic() < deadline:
+            try:
+                record = requests.get(f"{self.server_url}/api/v1/devices/{device}", timeout=5).json()
+                history = requests.get(f"{self.server_url}/api/v1/devices/{device}/history",
+                                       params={"limit": 1000}, timeout=5).json()["events"]
+            except (requests.RequestException, ValueError, KeyError):
+                time.sleep(1)
+                continue
+            problems = []
+            if (record.get("version"), record.get("image_sha256")) != (running["version"], sha):
+                problems.append(f"server records {record.get('version')} ({str(record.get('image_sha256'))[:12]}), "
+                                f"the flash runs {running['version']} ({sha[:12]})")
+            commits = [e["payload"].get("version") for e in history if e["event"] == "committed"]
+            if commits and commits[-1] != running["version"]:
+                problems.append(f"server history's last commit is {commits[-1]}, the flash runs {running['version']}")
+            if problems:
+                time.sleep(1)
+        return problems
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,10 +238,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds a killed device stays off")
     parser.add_argument("--gap", type=float, nargs=2, default=(0.2, 1.5), metavar=("MIN", "MAX"),
                         help="seconds between two kills")
+    parser.add_argument("--infra", type=float, default=0.0, metavar="SHARE",
+                        help="share of kills aimed at the server or the broker instead of a device (0-1)")
     parser.add_argument("--reset-waves", action="store_true",
-                        help="when the fleet converged and kills remain, reset it to factory flash and go again")
+                        help="a converged device picked for a kill is reset to its factory flash instead and "
+                             "updated again, so a long campaign keeps hitting every phase")
     parser.add_argument("--settle", type=float, default=180, help="seconds the fleet may take to settle")
     parser.add_argument("--mqtt-port", type=int, default=1883)
+    parser.add_argument("--server-url", default="http://127.0.0.1:8000")
     parser.add_argument("--report", type=Path, default=Path("chaos-report.json"))
     args = parser.parse_args(argv)
     lab = ComposeLab(args.project, Path.cwd())
@@ -209,10 +261,13 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     with FleetWatcher("127.0.0.1", args.mqtt_port, username=SERVER, password=password) as watcher:
         time.sleep(1.0)     # retained states arrive
-        campaign = Campaign(lab, watcher, target=args.target, kills=args.kills, seed=args.seed,
-                            off_s=tuple(args.off), gap_s=tuple(args.gap), reset_waves=args.reset_waves)
+        campaign = Campaign(lab, watcher, server_url=args.server_url, target=args.target, kills=args.kills, seed=args.seed,
+                            off_s=tuple(args.off), gap_s=tuple(args.gap), reset_waves=args.reset_waves,
+                            infra_share=args.infra)
         verdicts = campaign.run(args.settle)
-    recoveries = [k.recovery_s for k in campaign.kills if k.recovery_s is not None]
+    device_kills = [k for k in campaign.kills if k.device in campaign.devices]
+    recoveries = [k.recovery_s for k in device_kills if k.recovery_s is not None]
+    unrecovered = [k for k in device_kills if k.recovery_s is None and not k.interrupted]
     bricked = sum(v.bricked for v in verdicts)
     converged = sum(v.converged and not v.problems for v in verdicts)
     phases: dict[str, int] = {}
@@ -220,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         phases[kill.phase] = phases.get(kill.phase, 0) + 1
     args.report.write_text(json.dumps({
         "seed": args.seed, "target": args.target, "duration_s": round(time.time() - started, 1),
-        "waves": campaign.waves + 1, "kills_by_phase": phases,
+        "resets": campaign.resets, "kills_by_phase": phases,
         "kills": [asdict(k) for k in campaign.kills],
         "devices": [{**asdict(v), "flash": {k: v.flash.get(k) for k in ("running", "boot", "journal")}}
                     for v in verdicts]}, indent=1))
@@ -229,11 +284,12 @@ def main(argv: list[str] | None = None) -> int:
         count = sum(k.device == verdict.device for k in campaign.kills)
         version = (verdict.flash.get("running") or {}).get("version", "?")
         print(f"{verdict.device:<12}{count:>6}  {version:<9}{'; '.join(verdict.problems) or 'ok'}")
-    print(f"kills by phase: {phases}; unrecovered kills: {len(campaign.kills) - len(recoveries)}; "
+    print(f"kills by phase: {phases}; resets to factory: {campaign.resets}; cut again before booting: "
+          f"{sum(k.interrupted for k in device_kills)}; never recovered: {len(unrecovered)}; "
           f"report: {args.report}")
     print(f"chaos: {len(campaign.kills)} kills on {len(devices)} devices: {bricked} bricked, "
           f"{converged}/{len(devices)} converged, recovery p99 {p99(recoveries):.1f} s")
-    return 0 if bricked == 0 and converged == len(devices) else 1
+    return 0 if bricked == 0 and converged == len(devices) and not unrecovered else 1
 
 
 if __name__ == "__main__":
