@@ -1,4 +1,5 @@
-"""The JSON API under /api/v1: releases, the device manifest, devices, history, assignments.
+"""The JSON API under /api/v1: releases, the device manifest, devices, history, assignments,
+triggers and rollouts.
 
 Reads are open; every other method needs the bearer token (auth.py), checked once for the
 whole blueprint so that no state-changing endpoint can forget it. The description of every
@@ -12,7 +13,7 @@ from flask import Blueprint, Response, abort, jsonify, request
 from werkzeug.datastructures import WWWAuthenticate
 from werkzeug.exceptions import Unauthorized
 
-from . import assignment, offer
+from . import assignment, offer, rollouts
 from .artifacts import LiveIndex, ReleaseIndex
 from .auth import token_problem
 from .config import ServerConfig
@@ -142,5 +143,95 @@ def api_blueprint(services: Services) -> Blueprint:
     def delete_assignment(device_id: str):
         registry.clear_assignment(checked_device_id(device_id))
         return Response(status=204)
+
+    @api.post("/devices/<device_id>/trigger")
+    def trigger(device_id: str):
+        known_device(device_id)
+        registry.request_hint(device_id)
+        return jsonify(device_id=device_id, sent={"cmd": "update"},
+                       assignment=assignment.assigned(registry, device_id, config.default_release).to_json()), 202
+
+    @api.post("/rollouts")
+    def create_rollout():
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict) or not isinstance(body.get("release"), str):
+            abort(400, 'send a JSON body {"release": "2.0.0", "selection": {"all": true}, "phases": ["1", "50%"]}')
+        try:
+            selection, device_ids = select_devices(body.get("selection", {"all": True}))
+            check_release(body["release"], device_ids)
+            phases = body.get("phases", ["1", "100%"])
+            if not isinstance(phases, list) or not all(isinstance(p, (str, int)) for p in phases):
+                raise rollouts.RolloutError('phases is a list such as ["1", "50%", "100%"]')
+            policy = rollouts.Policy(**body.get("policy", {}))
+            planned = rollouts.plan(0, body["release"], selection, device_ids, [str(p) for p in phases], policy)
+            created = registry.create_rollout(planned)
+        except TypeError as exc:
+            abort(400, f"policy: {exc}; known fields: {', '.join(rollouts.Policy.__dataclass_fields__)}")
+        except rollouts.RolloutError as exc:
+            abort(409 if "abort it or let it finish" in str(exc) else 422, str(exc))
+        return jsonify(created.to_json()), 201
+
+    def select_devices(selection: object) -> tuple[dict, list[str]]:
+        """{"all": true}, {"hardware": id} or {"devices": [ids]}: device ids in phase order."""
+        known = {d["device_id"]: d for d in registry.devices()}
+        if selection == {"all": True}:
+            return selection, sorted(known)
+        if isinstance(selection, dict) and set(selection) == {"hardware"}:
+            return selection, sorted(d for d, v in known.items() if v["hardware"] == selection["hardware"])
+        if isinstance(selection, dict) and set(selection) == {"devices"} and isinstance(selection["devices"], list):
+            unknown = [d for d in selection["devices"] if d not in known]
+            if unknown:
+                raise rollouts.RolloutError(f"unknown device(s) {', '.join(map(str, unknown))}: "
+                                            "GET /api/v1/devices lists the known ones")
+            return selection, list(dict.fromkeys(selection["devices"]))
+        raise rollouts.RolloutError('selection is {"all": true}, {"hardware": "<id>"} or {"devices": ["<id>", ...]}')
+
+    def check_release(version: str, device_ids: list[str]) -> None:
+        index = services.index.get()
+        for hardware in sorted({registry.device(d)["hardware"] or "" for d in device_ids}):
+            available = index.versions(hardware or None)
+            if version not in available:
+                raise rollouts.RolloutError(f"no release {version!r} for hardware {hardware or 'any'!r}: "
+                                            f"choose one of {', '.join(available) or 'none'}")
+
+    def known_rollout(rollout_id: int) -> rollouts.Rollout:
+        found = registry.rollout(rollout_id)
+        if found is None:
+            abort(404, f"no rollout {rollout_id}: GET /api/v1/rollouts lists them")
+        return found
+
+    @api.get("/rollouts")
+    def list_rollouts():
+        found = registry.rollouts()
+        return jsonify(rollouts=[r.to_json() for r in found], count=len(found))
+
+    @api.get("/rollouts/<int:rollout_id>")
+    def get_rollout(rollout_id: int):
+        return jsonify(known_rollout(rollout_id).to_json())
+
+    def operate(rollout_id: int, change) -> Response:
+        for _ in range(20):                        # lost a race with the engine's tick: read again
+            current = known_rollout(rollout_id)
+            try:
+                changed = change(current)
+            except rollouts.RolloutError as exc:
+                abort(409, str(exc))
+            unassign = rollouts.assignments_to_clear(changed) if changed.status == rollouts.ABORTED else []
+            saved = registry.save_rollout(changed, unassign=unassign)
+            if saved is not None:
+                return jsonify(saved.to_json())
+        abort(503, f"rollout {rollout_id} changes too fast to update; try again")
+
+    @api.post("/rollouts/<int:rollout_id>/pause")
+    def pause_rollout(rollout_id: int):
+        return operate(rollout_id, rollouts.pause)
+
+    @api.post("/rollouts/<int:rollout_id>/resume")
+    def resume_rollout(rollout_id: int):
+        return operate(rollout_id, rollouts.resume)
+
+    @api.post("/rollouts/<int:rollout_id>/abort")
+    def abort_rollout(rollout_id: int):
+        return operate(rollout_id, rollouts.abort)
 
     return api

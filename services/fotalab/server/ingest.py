@@ -34,10 +34,11 @@ from typing import Callable
 
 import paho.mqtt.client as mqtt
 
-from ..topics import PREFIX
+from ..topics import PREFIX, device_topic
 from . import metrics
 from .config import ServerConfig
 from .registry import Registry
+from .rollout_engine import HINT, RolloutEngine
 
 log = logging.getLogger("fotalab.server.ingest")
 SUBSCRIPTIONS = [(f"{PREFIX}/devices/+/{kind}", 1) for kind in ("state", "events", "status")]
@@ -110,6 +111,11 @@ class Ingester:
                 log.warning("MQTT broker %s:%d unreachable (%s); retrying", self._host, self._port, exc)
             time.sleep(retry_s)
 
+    def hint(self, device_id: str) -> None:
+        """Ask a device to check for its update (QoS 1, not retained); paho keeps it while the
+        broker is away and sends it on reconnection."""
+        self._client.publish(device_topic(device_id, "cmd"), HINT, qos=1)
+
     def _connected(self, client: mqtt.Client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             log.warning("MQTT broker refused the ingester: %s (check FOTA_MQTT_USERNAME/PASSWORD)", reason_code)
@@ -163,6 +169,12 @@ class Elector(threading.Thread):
 
 
 def start_ingestion(config: ServerConfig, registry: Registry) -> Elector:
-    elector = Elector(config.data_dir / "ingest.lock", Ingester(config, registry).run_forever)
+    """Ingester and rollout engine in whichever worker gets the lock: both exactly once."""
+    ingester = Ingester(config, registry)
+
+    def work() -> None:
+        RolloutEngine(registry, ingester.hint).start()
+        ingester.run_forever()
+    elector = Elector(config.data_dir / "ingest.lock", work)
     elector.start()
     return elector

@@ -21,6 +21,7 @@ def _json(schema: dict, description: str) -> dict:
 ERROR = _json(_ref("Error"), "error, with a message saying what was wrong and what to do")
 DEVICE_ID = {"name": "device_id", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 128}}
 SECURED = [{"bearer": []}]
+ROLLOUT_ID = {"name": "rollout_id", "in": "path", "required": True, "schema": {"type": "integer"}}
 
 
 def _query(name: str, description: str, *, required: bool = False, type_: str = "string") -> dict:
@@ -78,6 +79,27 @@ def openapi_document() -> dict[str, Any]:
                     "artifact_sha256": {"type": "string"}, "artifact_length": {"type": "integer"},
                     "artifact_kind": {"enum": ["delta", "image"]}, "base_sha256": {"type": ["string", "null"]},
                     "assigned": {"type": "string"}, "assignment": {"enum": ["device", "default"]}}},
+                "NewRollout": {"type": "object", "required": ["release"], "properties": {
+                    "release": {"type": "string"},
+                    "selection": {"description": '{"all": true} (default), {"hardware": "<id>"} or '
+                                                 '{"devices": ["<id>", ...]} (in phase order)', "type": "object"},
+                    "phases": {"type": "array", "items": {"type": "string"},
+                               "description": 'cumulative: "1" a canary of 1 device, "50%" half; default ["1", "100%"]'},
+                    "policy": {"type": "object", "properties": {
+                        "success_ratio": {"type": "number", "description": "committed share of a phase to go on (1)"},
+                        "max_failure_ratio": {"type": "number",
+                                              "description": "failures / devices offered above which the gate trips (0)"},
+                        "on_failure": {"enum": ["paused", "aborted"]},
+                        "max_retries": {"type": "integer", "description": "transient failures retried per device (3)"},
+                        "backoff_s": {"type": "number", "description": "first retry delay, doubled each time (10)"},
+                        "rehint_s": {"type": "number", "description": "hint again after this silence (30)"}}}}},
+                "Rollout": {"type": "object", "properties": {
+                    "id": {"type": "integer"}, "release": {"type": "string"}, "selection": {"type": "object"},
+                    "status": {"enum": ["running", "paused", "aborted", "completed"]}, "reason": {"type": "string"},
+                    "phase": {"type": "integer"}, "phases": {"type": "array", "items": {"type": "object"}},
+                    "quarantined": {"type": "array", "items": {"type": "string"},
+                                    "description": "devices on which the release rolled back: never offered again"},
+                    "devices": {"type": "array", "items": {"type": "object"}}}},
                 "Event": {"type": "object", "properties": {
                     "id": {"type": "integer"}, "ts": {"type": "number"}, "event": {"type": "string"},
                     "received_at": {"type": "number"}, "payload": {"type": "object"}}}}},
@@ -142,4 +164,29 @@ def openapi_document() -> dict[str, Any]:
                                       "422": ERROR}},
                 "delete": {"summary": "back to the server's default release", "security": SECURED,
                            "parameters": [DEVICE_ID],
-                           "responses": {"204": {"description": "removed (or there was none)"}, "401": ERROR}}}}}
+                           "responses": {"204": {"description": "removed (or there was none)"}, "401": ERROR}}},
+            "/api/v1/devices/{device_id}/trigger": {"post": {
+                "summary": "send the device the update hint {\"cmd\": \"update\"} over MQTT (within a second)",
+                "security": SECURED, "parameters": [DEVICE_ID],
+                "responses": {"202": _json({"type": "object"}, "queued for the server's MQTT client"),
+                              "401": ERROR, "404": ERROR}}},
+            "/api/v1/rollouts": {
+                "get": {"summary": "every rollout, oldest first",
+                        "responses": {"200": _json({"type": "object", "properties": {
+                            "rollouts": {"type": "array", "items": _ref("Rollout")}}}, "rollouts")}},
+                "post": {"summary": "start a staged rollout (one active rollout at a time)", "security": SECURED,
+                         "requestBody": {"required": True, "content": {JSON: {"schema": _ref("NewRollout")}}},
+                         "responses": {"201": _json(_ref("Rollout"), "created and running"), "400": ERROR,
+                                       "401": ERROR, "409": ERROR, "422": ERROR}}},
+            "/api/v1/rollouts/{rollout_id}": {"get": {
+                "summary": "one rollout: status, phases, every device's progress",
+                "parameters": [ROLLOUT_ID],
+                "responses": {"200": _json(_ref("Rollout"), "the rollout"), "404": ERROR}}},
+            **{f"/api/v1/rollouts/{{rollout_id}}/{verb}": {"post": {
+                "summary": summary, "security": SECURED, "parameters": [ROLLOUT_ID],
+                "responses": {"200": _json(_ref("Rollout"), "the changed rollout"), "401": ERROR, "404": ERROR,
+                              "409": _json(_ref("Error"), "not possible in the rollout's status")}}}
+               for verb, summary in (("pause", "stop offering the release to more devices"),
+                                     ("resume", "continue a paused rollout, accepting the failures so far"),
+                                     ("abort", "end the rollout; devices that did not commit stop being offered "
+                                               "the release"))}}}

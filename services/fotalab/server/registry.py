@@ -19,9 +19,12 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from dataclasses import replace
 from typing import Iterator
 
-SCHEMA_VERSION = 1
+from .rollouts import Rollout, RolloutError, dumps, loads
+
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
     device_id    TEXT PRIMARY KEY,
@@ -56,6 +59,18 @@ CREATE TABLE IF NOT EXISTS assignments (
     device_id   TEXT PRIMARY KEY,
     version     TEXT NOT NULL,
     assigned_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rollouts (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    status      TEXT NOT NULL,             -- in a column of its own: the engine selects active ones
+    revision    INTEGER NOT NULL,          -- each save names the revision it read (optimistic locking)
+    created_at  REAL NOT NULL,
+    updated_at  REAL NOT NULL,
+    body        TEXT NOT NULL              -- rollouts.dumps(): phases, policy, every device's progress
+);
+CREATE TABLE IF NOT EXISTS hints (       -- operator triggers, sent by the one process on MQTT
+    device_id    TEXT PRIMARY KEY,
+    requested_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS ingester (
     id        INTEGER PRIMARY KEY CHECK (id = 1),
@@ -223,6 +238,54 @@ class Registry:
             db.execute("INSERT INTO assignments (device_id, version, assigned_at) VALUES (?, ?, ?) "
                        "ON CONFLICT (device_id) DO UPDATE SET version = excluded.version, "
                        "assigned_at = excluded.assigned_at", (device_id, version, time.time()))
+
+    # --- rollouts (rollouts.py decides, the engine and the API save) ----------------------------------
+
+    def create_rollout(self, rollout: Rollout) -> Rollout:
+        """Store a new rollout unless another one is active (one at a time keeps devices unambiguous)."""
+        now = time.time()
+        with self._write() as db:
+            active = db.execute("SELECT id, status FROM rollouts WHERE status IN ('running', 'paused')").fetchone()
+            if active:
+                raise RolloutError(f"rollout {active['id']} is {active['status']}: abort it or let it finish "
+                                   "before creating another one")
+            rollout_id = db.execute("INSERT INTO rollouts (status, revision, created_at, updated_at, body) "
+                                    "VALUES (?, 1, ?, ?, ?)", (rollout.status, now, now, dumps(rollout))).lastrowid
+        return replace(rollout, id=rollout_id, revision=1)
+
+    def rollout(self, rollout_id: int) -> Rollout | None:
+        row = self._db().execute("SELECT id, revision, body FROM rollouts WHERE id = ?", (rollout_id,)).fetchone()
+        return loads(row["id"], row["revision"], row["body"]) if row else None
+
+    def rollouts(self, *, active_only: bool = False) -> list[Rollout]:
+        sql = "SELECT id, revision, body FROM rollouts"
+        sql += " WHERE status IN ('running', 'paused')" if active_only else ""
+        return [loads(r["id"], r["revision"], r["body"]) for r in self._db().execute(sql + " ORDER BY id")]
+
+    def save_rollout(self, rollout: Rollout, *, assign: list[str] = (), unassign: list[str] = ()) -> Rollout | None:
+        """Save if nobody saved since `rollout.revision` was read, with the assignments it implies,
+        in one transaction; the saved rollout, or None when it lost the race (read it again)."""
+        now = time.time()
+        with self._write() as db:
+            saved = db.execute("UPDATE rollouts SET status = ?, revision = revision + 1, updated_at = ?, body = ? "
+                               "WHERE id = ? AND revision = ?",
+                               (rollout.status, now, dumps(rollout), rollout.id, rollout.revision)).rowcount
+            if not saved:
+                return None
+            db.executemany("INSERT INTO assignments (device_id, version, assigned_at) VALUES (?, ?, ?) "
+                           "ON CONFLICT (device_id) DO UPDATE SET version = excluded.version, "
+                           "assigned_at = excluded.assigned_at", [(d, rollout.release, now) for d in assign])
+            db.executemany("DELETE FROM assignments WHERE device_id = ? AND version = ?",
+                           [(d, rollout.release) for d in unassign])
+        return replace(rollout, revision=rollout.revision + 1)
+
+    def request_hint(self, device_id: str) -> None:
+        with self._write() as db:
+            db.execute("INSERT OR REPLACE INTO hints (device_id, requested_at) VALUES (?, ?)", (device_id, time.time()))
+
+    def take_hints(self) -> list[str]:
+        with self._write() as db:
+            return [row[0] for row in db.execute("DELETE FROM hints RETURNING device_id")]
 
     def clear_assignment(self, device_id: str) -> bool:
         with self._write() as db:

@@ -1,0 +1,71 @@
+"""The rollout engine: the I/O around rollouts.step (and operator triggers), in the process that holds the ingest lock.
+
+It runs next to the MQTT ingester (ingest.py), so exactly once whatever the worker count, and
+it publishes hints with the ingester's client, the server's MQTT identity. Every tick it reads
+each running rollout and its devices' facts from the registry (what the ingester stored),
+steps it, and saves the result with the assignments it implies in one transaction, guarded by
+the revision it read: an operator's pause or abort saved in between wins, and the tick is
+simply redone. Hints are sent only after the save; one lost then (crash, broker down) is sent
+again by the rehint rule of rollouts.py. A restarted server just carries on from the database.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from typing import Callable
+
+from . import rollouts
+from .registry import Registry
+
+log = logging.getLogger("fotalab.server.rollouts")
+HINT = json.dumps({"cmd": "update"})
+
+
+def facts(registry: Registry, rollout: rollouts.Rollout) -> dict[str, rollouts.DeviceFact]:
+    found = {}
+    for run in rollout.devices:
+        device = registry.device(run.device_id)
+        if device and device["state_ts"]:
+            found[run.device_id] = rollouts.DeviceFact(device["state"], device["version"], device["state_ts"],
+                                                       device["report"] or {})
+    return found
+
+
+def tick(registry: Registry, hint: Callable[[str], None], now: float | None = None) -> None:
+    """One pass: the operator's single-device triggers, then every running rollout."""
+    for device_id in registry.take_hints():
+        hint(device_id)
+    for rollout in registry.rollouts(active_only=True):
+        current = time.time() if now is None else now
+        stepped, hints = rollouts.step(rollout, facts(registry, rollout), current)
+        if stepped == rollout:
+            continue
+        offered = [d.device_id for d in stepped.devices if d.status == rollouts.OFFERED]
+        unassign = rollouts.assignments_to_clear(stepped) if stepped.status == rollouts.ABORTED else []
+        if registry.save_rollout(stepped, assign=offered, unassign=unassign) is None:
+            continue                                  # the operator changed it meanwhile: next tick
+        if stepped.status != rollout.status or stepped.phase != rollout.phase:
+            log.info("rollout %d of %s: %s, phase %d (%s)", stepped.id, stepped.release, stepped.status,
+                     stepped.phase, stepped.reason)
+        for device_id in hints:
+            hint(device_id)
+
+
+class RolloutEngine(threading.Thread):
+    def __init__(self, registry: Registry, hint: Callable[[str], None], *, interval_s: float = 1.0) -> None:
+        super().__init__(name="rollout-engine", daemon=True)
+        self._registry, self._hint, self._interval = registry, hint, interval_s
+
+    def run(self) -> None:
+        log.info("rollout engine running")
+        while True:
+            try:
+                tick(self._registry, self._hint)
+            except sqlite3.Error as exc:
+                log.error("rollout tick failed (%s); retrying", exc)
+            except Exception:
+                log.exception("rollout tick failed; retrying")
+            time.sleep(self._interval)
