@@ -3,6 +3,11 @@ release goes out phase by phase to committed devices; a crash-at-boot release st
 the engine carries on across a server restart; `fota trigger` reaches one device."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import requests
 
@@ -109,3 +114,35 @@ def test_trigger_sends_one_device_its_hint_and_unknown_ones_are_refused(lab):
     assert requests.get(f"{server.url}/api/v1/devices/{ids[0]}", timeout=5).json()["version"] == "1.0.0"
     missing = requests.post(f"{server.url}/api/v1/devices/nope/trigger", headers=AUTH, timeout=5)
     assert missing.status_code == 404 and "GET /api/v1/devices" in missing.json()["error"]
+
+
+def fota(server: locallab.Server, *args: str, token: str = TOKEN) -> subprocess.CompletedProcess:
+    env = {**os.environ, "FOTA_SERVER_URL": server.url, "FOTA_API_TOKEN": token}
+    return subprocess.run([sys.executable, "-m", "fotalab.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_fota_command_drives_a_rollout_and_says_what_was_wrong(lab):
+    server, devices, ids = lab
+    listed = fota(server, "--json", "devices")
+    assert {d["device_id"] for d in json.loads(listed.stdout)["devices"]} >= set(ids)
+    unknown = fota(server, "rollout", "create", "2.0.0", "--devices", "nope")
+    assert unknown.returncode == 1 and "unknown device(s) nope" in unknown.stderr
+    refused = fota(server, "trigger", ids[0], token="")
+    assert refused.returncode == 1 and "needs the API token" in refused.stderr
+    bad_phase = fota(server, "rollout", "create", "2.0.0", "--phases", "half")
+    assert bad_phase.returncode == 1 and "neither a device count" in bad_phase.stderr
+
+    watched = fota(server, "rollout", "create", "2.0.0", "--devices", ids[2], "--watch")
+    assert watched.returncode == 0, watched.stderr
+    assert "COMPLETED" in watched.stdout and "[########################] 1/1" in watched.stdout
+    shown = json.loads(fota(server, "--json", "rollout", "show", "1").stdout)
+    assert shown["status"] == "completed" and shown["devices"][0]["status"] == "committed"
+    history = fota(server, "device", ids[2])
+    assert "committed" in history.stdout and history.stdout.startswith(f"{ids[2]}: 2.0.0 (committed)")
+
+    fota(server, "rollout", "create", "2.0.0", "--devices", ",".join(ids[:2]), "--phases", "1")
+    paused = fota(server, "rollout", "pause", "2")
+    assert paused.returncode == 0 and "PAUSED" in paused.stdout
+    assert "only a running rollout" in fota(server, "rollout", "pause", "2").stderr
+    assert "ABORTED" in fota(server, "rollout", "abort", "2").stdout

@@ -1,0 +1,229 @@
+"""`fota`: the operator's command for the fleet, over the server's JSON API.
+
+    fota releases | devices | device <id> | trigger <id>
+    fota rollout create <release> [--devices a,b | --hardware H] [--phases 1,50%] ...
+    fota rollout list | show <id> | watch <id> | pause <id> | resume <id> | abort <id>
+
+Readable output by default, JSON with --json. The server is FOTA_SERVER_URL (default
+http://localhost:8000); commands that change state send the bearer token from FOTA_API_TOKEN,
+or from the file FOTA_API_TOKEN_FILE names (the lab's `cli` service mounts the server's).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import requests
+
+BAR = 24
+QUIET_FIELDS = {"ts", "event", "device", "hardware", "image_sha256", "security_counter", "verified", "confirmed"}
+DONE = ("completed", "paused", "aborted")
+
+
+class CliError(Exception):
+    """What went wrong and what to do; printed without a traceback, exit code 1."""
+
+
+class Api:
+    def __init__(self, url: str, token: str) -> None:
+        self.url, self._token = url.rstrip("/"), token
+
+    def call(self, method: str, path: str, body: dict | None = None) -> dict:
+        headers = {}
+        if method != "GET":
+            if not self._token:
+                raise CliError("this command changes state and needs the API token: set FOTA_API_TOKEN, or "
+                               "FOTA_API_TOKEN_FILE (the lab keeps it in the server's /var/lib/fotalab/api-token)")
+            headers["Authorization"] = f"Bearer {self._token}"
+        try:
+            response = requests.request(method, f"{self.url}/api/v1{path}", json=body, headers=headers, timeout=10)
+        except requests.RequestException as exc:
+            raise CliError(f"cannot reach the server at {self.url} ({exc.__class__.__name__}): "
+                           "is it up? set FOTA_SERVER_URL or --server") from None
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = {"error": response.text[:200]}
+        if not response.ok:
+            raise CliError(f"{answer.get('error', response.reason)} (HTTP {response.status_code})")
+        return answer
+
+
+def bar(done: int, total: int, width: int = BAR) -> str:
+    filled = round(width * done / total) if total else width
+    return "[" + "#" * filled + "." * (width - filled) + f"] {done}/{total}"
+
+
+def render_rollout(rollout: dict) -> str:
+    lines = [f"rollout {rollout['id']}: {rollout['release']} to {json.dumps(rollout['selection'])}  "
+             f"{rollout['status'].upper()}  {rollout['reason']}".rstrip()]
+    for phase in rollout["phases"]:
+        failed = phase["rolled_back"] + phase["failed"]
+        lines.append(f"  phase {phase['phase']} ({phase['devices']} devices, {phase['state']:>7}) "
+                     f"{bar(phase['committed'], phase['devices'])}" + (f"  {failed} failed" if failed else ""))
+    for device in rollout["devices"]:
+        detail = device["reason"] or ("" if device["status"] in ("pending", "committed") else "in progress")
+        lines.append(f"    {device['device_id']:<16} phase {device['phase']}  {device['status']:<11} "
+                     f"attempts {device['attempts']}  {detail}".rstrip())
+    if rollout["quarantined"]:
+        lines.append(f"  quarantined (rolled back; never offered {rollout['release']} again): "
+                     + ", ".join(rollout["quarantined"]))
+    return "\n".join(lines)
+
+
+def table(rows: list[dict], columns: list[str]) -> str:
+    if not rows:
+        return "(none)"
+    cells = [[("" if row.get(c) is None else str(row.get(c))) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join([fmt.format(*columns), *(fmt.format(*r) for r in cells)])
+
+
+def watch(api: Api, rollout_id: int, as_json: bool, interval_s: float, out=sys.stdout) -> dict:
+    """Redraw while the rollout runs (a TTY redraws in place; a pipe gets each change once)."""
+    last, drawn = None, 0
+    while True:
+        rollout = api.call("GET", f"/rollouts/{rollout_id}")
+        view = json.dumps(rollout, sort_keys=True) if as_json else render_rollout(rollout)
+        if view != last:
+            if as_json:
+                print(view, file=out, flush=True)
+            else:
+                if out.isatty() and drawn:
+                    out.write(f"\x1b[{drawn}F\x1b[J")
+                print(view, file=out, flush=True)
+                drawn = view.count("\n") + 1
+            last = view
+        if rollout["status"] in DONE:
+            return rollout
+        time.sleep(interval_s)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="fota", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    top.add_argument("--server", help="server URL (default: FOTA_SERVER_URL or http://localhost:8000)")
+    top.add_argument("--json", action="store_true", help="print JSON instead of text")
+    commands = top.add_subparsers(dest="command", required=True, metavar="command")
+    releases = commands.add_parser("releases", help="signed releases")
+    releases.add_argument("--hardware", help="only this hardware id")
+    devices = commands.add_parser("devices", help="devices the server heard of")
+    devices.add_argument("--state", help="only devices in this state (e.g. committed, failed)")
+    device = commands.add_parser("device", help="one device and its history")
+    device.add_argument("device_id")
+    device.add_argument("--limit", type=int, default=20, help="last N events (default 20)")
+    trigger = commands.add_parser("trigger", help="ask one device to check for its update now")
+    trigger.add_argument("device_id")
+
+    rollout = commands.add_parser("rollout", help="staged rollouts").add_subparsers(dest="action", required=True,
+                                                                                      metavar="action")
+    create = rollout.add_parser("create", help="start a rollout of a release")
+    create.add_argument("release", help="release version, e.g. 2.0.0 (fota releases lists them)")
+    selection = create.add_mutually_exclusive_group()
+    selection.add_argument("--devices", help="comma-separated device ids, in phase order")
+    selection.add_argument("--hardware", help="every device of this hardware id")
+    create.add_argument("--phases", default="1,100%",
+                        help="cumulative phases: a count is a canary, N%% a share (default 1,100%%)")
+    create.add_argument("--success-ratio", type=float, help="committed share of a phase to go on (default 1)")
+    create.add_argument("--max-failure-ratio", type=float, help="failures per device offered that trip the gate "
+                                                               "(default 0: any failure)")
+    create.add_argument("--on-failure", choices=("paused", "aborted"), help="what a tripped gate does (paused)")
+    create.add_argument("--max-retries", type=int, help="transient failures retried per device (default 3)")
+    create.add_argument("--backoff", type=float, help="first retry delay in seconds, doubled each time (10)")
+    create.add_argument("--watch", action="store_true", help="then watch it")
+    rollout.add_parser("list", help="every rollout")
+    for action, text in (("show", "one rollout"), ("watch", "live progress until it ends"),
+                         ("pause", "stop offering the release to more devices"), ("resume", "continue"),
+                         ("abort", "end it; devices that did not commit stop being offered the release")):
+        sub = rollout.add_parser(action, help=text)
+        sub.add_argument("rollout_id", type=int)
+        if action == "watch":
+            sub.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
+    return top
+
+
+def run(args: argparse.Namespace, api: Api, out=sys.stdout) -> int:
+    emit: Callable[[object, str], None] = (
+        (lambda data, text: print(json.dumps(data, indent=2), file=out)) if args.json
+        else (lambda data, text: print(text, file=out)))
+    if args.command == "releases":
+        found = api.call("GET", "/releases" + (f"?hardware={args.hardware}" if args.hardware else ""))
+        emit(found, table([{**r, "default": "*" if r["version"] == found["default_release"] else ""}
+                           for r in found["releases"]], ["hardware", "version", "behaviour", "default"]))
+    elif args.command == "devices":
+        found = api.call("GET", "/devices" + (f"?state={args.state}" if args.state else ""))
+        emit(found, table(found["devices"], ["device_id", "hardware", "version", "state", "online",
+                                             "assigned_version", "reason"]))
+    elif args.command == "device":
+        found = api.call("GET", f"/devices/{args.device_id}")
+        events = api.call("GET", f"/devices/{args.device_id}/history?limit=1000")["events"][-args.limit:]
+        lines = [f"{found['device_id']}: {found['version']} ({found['state']}), "
+                 f"{'online' if found['online'] else 'offline'}, assigned {found['assignment']['version']} "
+                 f"({found['assignment']['source']})"]
+        lines += [f"  {time.strftime('%H:%M:%S', time.gmtime(e['ts']))}  {e['event']:<16} "
+                  + " ".join(f"{k}={v}" for k, v in e["payload"].items() if k not in QUIET_FIELDS)
+                  for e in events]
+        emit({**found, "events": events}, "\n".join(lines))
+    elif args.command == "trigger":
+        sent = api.call("POST", f"/devices/{args.device_id}/trigger")
+        emit(sent, f"sent {args.device_id} the update hint; it is assigned {sent['assignment']['version']} "
+                   f"({sent['assignment']['source']})")
+    elif args.action == "create":
+        policy = {key: value for key, value in (
+            ("success_ratio", args.success_ratio), ("max_failure_ratio", args.max_failure_ratio),
+            ("on_failure", args.on_failure), ("max_retries", args.max_retries), ("backoff_s", args.backoff))
+            if value is not None}
+        selection = ({"devices": [d for d in args.devices.split(",") if d]} if args.devices
+                     else {"hardware": args.hardware} if args.hardware else {"all": True})
+        created = api.call("POST", "/rollouts", {"release": args.release, "selection": selection,
+                                                 "phases": [p.strip() for p in args.phases.split(",")],
+                                                 "policy": policy})
+        if args.watch:
+            return 0 if watch(api, created["id"], args.json, 1.0, out)["status"] == "completed" else 3
+        emit(created, render_rollout(created))
+    elif args.action == "list":
+        found = api.call("GET", "/rollouts")
+        emit(found, table([{**r, "devices": len(r["devices"]), "phase": f"{r['phase'] + 1}/{len(r['phases'])}"}
+                           for r in found["rollouts"]], ["id", "release", "status", "phase", "devices", "reason"]))
+    elif args.action == "watch":
+        return 0 if watch(api, args.rollout_id, args.json, args.interval, out)["status"] == "completed" else 3
+    elif args.action == "show":
+        found = api.call("GET", f"/rollouts/{args.rollout_id}")
+        emit(found, render_rollout(found))
+    else:
+        changed = api.call("POST", f"/rollouts/{args.rollout_id}/{args.action}")
+        emit(changed, render_rollout(changed))
+    return 0
+
+
+def token_from(env: dict[str, str] | os._Environ) -> str:
+    if env.get("FOTA_API_TOKEN"):
+        return env["FOTA_API_TOKEN"]
+    path = env.get("FOTA_API_TOKEN_FILE")
+    if not path:
+        return ""
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        raise CliError(f"FOTA_API_TOKEN_FILE={path}: cannot read it ({exc.strerror})") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        api = Api(args.server or os.environ.get("FOTA_SERVER_URL", "http://localhost:8000"), token_from(os.environ))
+        return run(args, api)
+    except CliError as exc:
+        print(f"fota: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
