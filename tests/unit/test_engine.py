@@ -11,7 +11,7 @@ import pytest
 
 from fotalab.device import journal as jr
 from fotalab.device.bootctl import BootControl
-from fotalab.device.engine import Reboot
+from fotalab.device.engine import Reboot, TransportError
 from fotalab.durable import Flash
 from fotalab.manifest import DeltaRef
 
@@ -33,15 +33,34 @@ def test_delta_update_stages_reboots_into_trial_and_commits(tmp_path, factory_di
     assert jr.load(Flash(tmp_path / "flash")) is None
 
 
-def test_interrupted_download_resumes_from_the_journaled_offset(tmp_path, factory_dir, server, release):
+def test_flaky_link_drops_are_retried_and_nothing_is_fetched_twice(tmp_path, factory_dir, server, release):
     server.manifest = release["manifest_for"](deltas=())       # full image: several chunks
+    server.cut_after = 8192                                   # the link drops every 8 KiB
+    engine, recorder = power_on(tmp_path / "flash", factory_dir, server)
+    with pytest.raises(Reboot):
+        engine.check()
+    assert server.fetched == len(release["v2"])
+    assert sum(kind == "retry" for kind, _ in recorder.events) >= len(release["v2"]) // 8192
+
+
+def test_link_that_makes_no_progress_fails_and_the_journal_resumes_later(tmp_path, factory_dir, server, release):
+    server.manifest = release["manifest_for"](deltas=())
     server.cut_after = 8192
     engine, recorder = power_on(tmp_path / "flash", factory_dir, server)
-    assert engine.check() == "failed"                        # retries exhausted; progress kept
-    assert "send the update command again" in recorder.last[1]["reason"]
+    original = server.open_range
+    calls = []
+
+    def stuck_after_two(url, start, end):
+        calls.append(start)
+        if len(calls) > 2:
+            raise TransportError("connection reset")
+        return original(url, start, end)
+    server.open_range = stuck_after_two
+    assert engine.check() == "failed"
+    assert "times in a row" in recorder.last[1]["reason"]
     offset = jr.load(Flash(tmp_path / "flash")).offset
-    assert offset == 3 * 8192
-    server.cut_after = None
+    assert offset == 2 * 8192
+    server.open_range, server.cut_after = original, None
     engine, recorder = power_on(tmp_path / "flash", factory_dir, server)
     with pytest.raises(Reboot):
         engine.check()

@@ -192,7 +192,7 @@ class UpdateEngine:
                 if part.position < artifact.length:
                     raise TransportError(f"transfer ended at byte {part.position} of {artifact.length}")
             if part.position < artifact.length:     # a cut may have come after the last byte
-                self._with_retries("download", fetch)
+                self._with_retries("download", fetch, progress=lambda: part.position)
         data = self.flash.read(jr.DOWNLOAD) or b""
         digest = hashlib.sha256(data).hexdigest()
         if len(data) != artifact.length or digest != artifact.sha256:
@@ -304,19 +304,23 @@ class UpdateEngine:
     def _manifest_of(self, job: jr.Journal) -> Manifest:
         return parse_manifest(job.manifest.encode())
 
-    def _with_retries(self, what: str, action: Callable[[], object]):
-        delay = self.config.backoff_s
-        for attempt in range(1, self.config.retries + 1):
+    def _with_retries(self, what: str, action: Callable[[], object], progress: Callable[[], int] = lambda: 0):
+        """Retry transient failures with exponential backoff. The budget counts failures in a row
+        without `progress`, so a flaky link that drops every few KiB still gets there."""
+        delay, attempt, mark = self.config.backoff_s, 0, progress()
+        while True:
             try:
                 return action()
             except TransportError as exc:
+                if progress() != mark:
+                    delay, attempt, mark = self.config.backoff_s, 0, progress()
+                attempt += 1
                 if attempt == self.config.retries:
-                    raise UpdateFailed(f"{what} failed {attempt} times, last: {exc}; the journal keeps "
+                    raise UpdateFailed(f"{what} failed {attempt} times in a row, last: {exc}; the journal keeps "
                                        "the progress, send the update command again to resume") from None
                 self.reporter.event("retry", what=what, attempt=attempt, reason=str(exc), delay_s=delay)
                 self.sleep(delay)
                 delay = min(delay * 2, self.config.backoff_max_s)
-        raise AssertionError("unreachable")
 
     def _quarantined(self) -> list[str]:
         raw = self.flash.read(QUARANTINE)
