@@ -1,7 +1,7 @@
 """`fota`: the operator's command for the fleet, over the server's JSON API.
 
     fota releases | devices | device <id> | trigger <id>
-    fota rollout create <release> [--devices a,b | --hardware H] [--phases 1,50%] ...
+    fota rollout create <release> [--devices a,b | --hardware H | --group G] [--phases 1,50%] ...
     fota rollout list | show <id> | watch <id> | pause <id> | resume <id> | abort <id>
 
 Readable output by default, JSON with --json. The server is FOTA_SERVER_URL (default
@@ -117,6 +117,8 @@ def parser() -> argparse.ArgumentParser:
     device = commands.add_parser("device", help="one device and its history")
     device.add_argument("device_id")
     device.add_argument("--limit", type=int, default=20, help="last N events (default 20)")
+    commands.add_parser("chaos", help="a seeded docker-kill campaign against the running lab (run on the host; "
+                                      "`fota chaos --help`)")
     trigger = commands.add_parser("trigger", help="ask one device to check for its update now")
     trigger.add_argument("device_id")
 
@@ -127,6 +129,7 @@ def parser() -> argparse.ArgumentParser:
     selection = create.add_mutually_exclusive_group()
     selection.add_argument("--devices", help="comma-separated device ids, in phase order")
     selection.add_argument("--hardware", help="every device of this hardware id")
+    selection.add_argument("--group", help="every device reporting this group (FOTA_DEVICE_GROUP)")
     create.add_argument("--phases", default="1,100%",
                         help="cumulative phases: a count is a canary, N%% a share (default 1,100%%)")
     create.add_argument("--success-ratio", type=float, help="committed share of a phase to go on (default 1)")
@@ -179,7 +182,8 @@ def run(args: argparse.Namespace, api: Api, out=sys.stdout) -> int:
             ("on_failure", args.on_failure), ("max_retries", args.max_retries), ("backoff_s", args.backoff))
             if value is not None}
         selection = ({"devices": [d for d in args.devices.split(",") if d]} if args.devices
-                     else {"hardware": args.hardware} if args.hardware else {"all": True})
+                     else {"hardware": args.hardware} if args.hardware
+                     else {"group": args.group} if args.group else {"all": True})
         created = api.call("POST", "/rollouts", {"release": args.release, "selection": selection,
                                                  "phases": [p.strip() for p in args.phases.split(",")],
                                                  "policy": policy})
@@ -214,6 +218,10 @@ def token_from(env: dict[str, str] | os._Environ) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["chaos"]:      # on the host, next to Docker: `fota chaos --help`
+        from .chaos import main as chaos
+        return chaos(argv[1:])
     args = parser().parse_args(argv)
     try:
         api = Api(args.server or os.environ.get("FOTA_SERVER_URL", "http://localhost:8000"), token_from(os.environ))

@@ -150,3 +150,14 @@ def test_metrics_are_prometheus_text_with_device_counts(client, registry):
     assert 'fotalab_devices{state="unknown"} 1.0' in text
     assert "fotalab_devices_online 1.0" in text
     assert "# TYPE fotalab_artifact_downloads_in_flight gauge" in text
+
+
+def test_rollout_can_select_the_devices_of_a_group(client, registry):
+    for device, group in (("dev-1", "field"), ("dev-2", "lab"), ("dev-3", "field")):
+        report = f'{{"device": "{device}", "ts": 1.0, "state": "running", "version": "1.0.0", "slot": "a", ' \
+                 f'"hardware": "m4", "group": "{group}"}}'.encode()
+        ingest.handle(registry, f"fota/v1/devices/{device}/state", report)
+    created = client.post("/api/v1/rollouts", json={"release": "2.0.0", "selection": {"group": "field"},
+                                                    "phases": ["1"]}, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert created.status_code == 201, created.json
+    assert sorted(d["device_id"] for d in created.json["devices"]) == ["dev-1", "dev-3"]

@@ -23,6 +23,7 @@ def read_secret(env, name: str) -> str:
 class DeviceConfig:
     device_id: str
     hardware: str = "fotalab-m4"
+    group: str = ""                    # a rollout can select devices by it (e.g. "lab", "field")
     flash_dir: Path = Path("/data")
     factory_dir: Path = Path("/releases/factory")
     mqtt_host: str = "mosquitto"
@@ -70,6 +71,7 @@ class DeviceConfig:
         return cls(
             device_id=get("DEVICE_ID", socket.gethostname()),
             hardware=get("HARDWARE", defaults.hardware),
+            group=get("DEVICE_GROUP", defaults.group),
             flash_dir=Path(get("FLASH_DIR", defaults.flash_dir)),
             factory_dir=Path(get("FACTORY_DIR", defaults.factory_dir)),
             mqtt_host=get("MQTT_HOST", defaults.mqtt_host),

@@ -86,7 +86,7 @@ def run(config: DeviceConfig, flash: Flash, plan: BootPlan, verifier: Verifier, 
     def describe() -> dict:
         state = bootctl.load()
         fields = {"version": header.version, "slot": running.slot, "image_sha256": running.sha256,
-                  "hardware": config.hardware, "verified": True,
+                  "hardware": config.hardware, "group": config.group, "verified": True,
                   "confirmed": bool(state and state.confirmed),
                   "security_counter": state.security_counter if state else None}
         if state and state.rollback:

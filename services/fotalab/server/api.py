@@ -172,19 +172,22 @@ def api_blueprint(services: Services) -> Blueprint:
         return jsonify(created.to_json()), 201
 
     def select_devices(selection: object) -> tuple[dict, list[str]]:
-        """{"all": true}, {"hardware": id} or {"devices": [ids]}: device ids in phase order."""
+        """{"all": true}, {"hardware": id}, {"group": name} or {"devices": [ids]}: ids in phase order."""
         known = {d["device_id"]: d for d in registry.devices()}
         if selection == {"all": True}:
             return selection, sorted(known)
         if isinstance(selection, dict) and set(selection) == {"hardware"}:
             return selection, sorted(d for d, v in known.items() if v["hardware"] == selection["hardware"])
+        if isinstance(selection, dict) and set(selection) == {"group"}:       # the group devices report
+            return selection, sorted(d for d, v in known.items() if (v["report"] or {}).get("group") == selection["group"])
         if isinstance(selection, dict) and set(selection) == {"devices"} and isinstance(selection["devices"], list):
             unknown = [d for d in selection["devices"] if d not in known]
             if unknown:
                 raise rollouts.RolloutError(f"unknown device(s) {', '.join(map(str, unknown))}: "
                                             "GET /api/v1/devices lists the known ones")
             return selection, list(dict.fromkeys(selection["devices"]))
-        raise rollouts.RolloutError('selection is {"all": true}, {"hardware": "<id>"} or {"devices": ["<id>", ...]}')
+        raise rollouts.RolloutError('selection is {"all": true}, {"hardware": "<id>"}, {"group": "<name>"} '
+                                    'or {"devices": ["<id>", ...]}')
 
     def check_release(version: str, device_ids: list[str]) -> None:
         index = services.index.get()

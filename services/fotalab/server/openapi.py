@@ -81,8 +81,9 @@ def openapi_document() -> dict[str, Any]:
                     "assigned": {"type": "string"}, "assignment": {"enum": ["device", "default"]}}},
                 "NewRollout": {"type": "object", "required": ["release"], "properties": {
                     "release": {"type": "string"},
-                    "selection": {"description": '{"all": true} (default), {"hardware": "<id>"} or '
-                                                 '{"devices": ["<id>", ...]} (in phase order)', "type": "object"},
+                    "selection": {"description": '{"all": true} (default), {"hardware": "<id>"}, '
+                                                 '{"group": "<name>"} or {"devices": ["<id>", ...]} '
+                                                 '(in phase order)', "type": "object"},
                     "phases": {"type": "array", "items": {"type": "string"},
                                "description": 'cumulative: "1" a canary of 1 device, "50%" half; default ["1", "100%"]'},
                     "policy": {"type": "object", "properties": {
