@@ -1,4 +1,5 @@
-"""Unit-tier fixtures: signed releases v1 -> v2 and the stand-in server that offers them."""
+"""Unit-tier fixtures: signed releases v1 -> v2 and the stand-in server that offers them (device
+engine tests), and a sample release store with the real server app around it (server tests)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,6 +10,7 @@ from fotalab.delta import best_delta
 from fotalab.manifest import ArtifactRef, DeltaRef, Manifest, sign_manifest
 
 from device_harness import EXPIRES, FakeServer, sha
+from server_samples import make_app, make_store
 from samples import edit, make_image, make_payload
 
 
@@ -42,3 +44,20 @@ def server(release) -> FakeServer:
     fake.manifest = release["manifest_for"]()
     fake.files = {sha(release["v2"]): release["v2"], sha(release["delta"].data): release["delta"].data}
     return fake
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A signer-like release store: m4 1.0.0, 2.0.0 (with a delta), 3.0.0; other-hw 1.0.0."""
+    return make_store(tmp_path / "store")
+
+
+@pytest.fixture
+def app(tmp_path, store):
+    """The update server's Flask app over `store`, with its registry in tmp_path."""
+    return make_app(tmp_path, store)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()

@@ -6,22 +6,7 @@ import pytest
 from fotalab.server import ingest
 from fotalab.server.config import ServerConfig
 from fotalab.server.main import prepare
-from server_samples import TOKEN, make_app, make_store
-
-
-@pytest.fixture
-def store(tmp_path):
-    return make_store(tmp_path / "store")
-
-
-@pytest.fixture
-def app(tmp_path, store):
-    return make_app(tmp_path, store)
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
+from server_samples import TOKEN, make_app
 
 
 @pytest.fixture

@@ -3,24 +3,9 @@ import json
 
 import pytest
 
-from server_samples import TOKEN, make_app, make_store
+from server_samples import TOKEN
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture
-def store(tmp_path):
-    return make_store(tmp_path / "store")
-
-
-@pytest.fixture
-def app(tmp_path, store):
-    return make_app(tmp_path, store)
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
 
 
 def ask(client, store, *, device="dev-1", hardware="m4", version="1.0.0", image=None):

@@ -4,17 +4,6 @@ import hashlib
 import pytest
 
 from fotalab.server.downloads import RangeNotSatisfiable, parse_range
-from server_samples import make_app, make_store
-
-
-@pytest.fixture
-def store(tmp_path):
-    return make_store(tmp_path / "store")
-
-
-@pytest.fixture
-def client(tmp_path, store):
-    return make_app(tmp_path, store).test_client()
 
 
 @pytest.fixture

@@ -27,11 +27,6 @@ def store(tmp_path):
     return make_store(tmp_path / "store")
 
 
-@pytest.fixture
-def client(tmp_path, store):
-    return make_app(tmp_path, store).test_client()
-
-
 @pytest.mark.parametrize("path", CORPUS)
 def test_traversal_corpus_never_serves_a_file(client, path):
     response = client.get(path)
