@@ -419,6 +419,14 @@ class _Relocator:
             olo, ohi = 1, 0
         return [(q0 + i * step, v) for i, v in enumerate(words) if lo <= v <= hi or olo <= v < ohi]
 
+    def _data_pointers(self, a: int, b: int, width: int) -> list[int]:
+        """Positions of `width`-byte words overlapping [a, b) that hold pointers (in pointer
+        mode 1 only to word-aligned targets); none while the load address is unknown."""
+        if self.base is None:
+            return []
+        aligned_only = self.ptrmode == 1
+        return [q for q, v in self._ptr_candidates(a, b, width) if self._is_ptr(v, not (v & 3 and aligned_only))]
+
     # ---- Thumb
     def _thumb_fields(self, a: int, b: int):
         """Yield (pos, kind) of fields whose bytes overlap [a, b)."""
@@ -516,11 +524,7 @@ class _Relocator:
             w = unpack("<I", old, p)[0]
             if (w & 0x9F000000) == 0x10000000 and p + 4 > a and p < b:
                 out.append((p, 4, 0))
-        if self.base is not None:
-            aligned_only = self.ptrmode == 1
-            for q, v in self._ptr_candidates(a, b, 8):
-                if self._is_ptr(v, not (v & 3 and aligned_only)):
-                    out.append((q, 2, 0))
+        out += [(q, 2, 0) for q in self._data_pointers(a, b, 8)]
         out.sort()
         return out
 
@@ -630,12 +634,8 @@ class _Relocator:
                 continue  # overlapping candidates: leave alone
             if p + 3 > a and p < b:
                 out.append((p, 0, 0))
-        if self.base is not None:
-            aligned_only = self.ptrmode == 1
-            for q, v in self._ptr_candidates(a, b, 4):
-                if self._is_ptr(v, not (v & 3 and aligned_only)):
-                    out.append((q, 1, 0))
-            out.sort()
+        out += [(q, 1, 0) for q in self._data_pointers(a, b, 4)]
+        out.sort()
         return out
 
     def _xt_value(self, p: int, kind: int, t: int, s_cur: int) -> bytes | None:
