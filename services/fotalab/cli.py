@@ -15,10 +15,11 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Callable
 
 import requests
+
+from .envsecret import SecretFileError, read_secret
 
 BAR = 24
 QUIET_FIELDS = {"ts", "event", "device", "hardware", "image_sha256", "security_counter", "verified", "confirmed"}
@@ -206,15 +207,10 @@ def run(args: argparse.Namespace, api: Api, out=sys.stdout) -> int:
 
 
 def token_from(env: dict[str, str] | os._Environ) -> str:
-    if env.get("FOTA_API_TOKEN"):
-        return env["FOTA_API_TOKEN"]
-    path = env.get("FOTA_API_TOKEN_FILE")
-    if not path:
-        return ""
     try:
-        return Path(path).read_text().strip()
-    except OSError as exc:
-        raise CliError(f"FOTA_API_TOKEN_FILE={path}: cannot read it ({exc.strerror})") from None
+        return read_secret(env, "FOTA_API_TOKEN")
+    except SecretFileError as exc:
+        raise CliError(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,16 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..durable import FaultPlan
+from ..envsecret import read_secret
 
 
-def read_secret(env, name: str) -> str:
-    """FOTA_<NAME>, or the content of the file FOTA_<NAME>_FILE names (a provisioned credential)."""
-    if f"FOTA_{name}" in env:
-        return env[f"FOTA_{name}"]
-    path = env.get(f"FOTA_{name}_FILE")
-    if path and Path(path).exists():
-        return Path(path).read_text().strip()
-    return ""
+def provisioned_password(credentials_dir: Path, username: str) -> str:
+    """The password the lab's provisioner made for this device, if it made one."""
+    path = credentials_dir / f"{username}.password"
+    return path.read_text().strip() if path.exists() else ""
 
 
 @dataclass(frozen=True)
@@ -77,9 +74,8 @@ class DeviceConfig:
             mqtt_host=get("MQTT_HOST", defaults.mqtt_host),
             mqtt_port=int(get("MQTT_PORT", defaults.mqtt_port)),
             mqtt_username=username,
-            mqtt_password=read_secret(env, "MQTT_PASSWORD") or read_secret(
-                {"FOTA_MQTT_PASSWORD_FILE": f"{get('CREDENTIALS_DIR', '/credentials')}/{username}.password"},
-                "MQTT_PASSWORD"),
+            mqtt_password=read_secret(env, "FOTA_MQTT_PASSWORD") or provisioned_password(
+                Path(get("CREDENTIALS_DIR", "/credentials")), username),
             server_url=get("SERVER_URL", defaults.server_url),
             boot_limit=int(get("BOOT_LIMIT", defaults.boot_limit)),
             power_cut_limit=int(get("POWER_CUT_LIMIT", defaults.power_cut_limit)),

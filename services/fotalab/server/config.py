@@ -6,22 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from ..envsecret import SecretFileError, read_secret
+
 
 class ConfigError(ValueError):
     """A setting that cannot be used; the message names the variable and what it accepts."""
-
-
-def _secret(env: Mapping[str, str], name: str) -> str:
-    """NAME, or the content of the file NAME_FILE names (a mounted credential)."""
-    if name in env:
-        return env[name]
-    path = env.get(f"{name}_FILE")
-    if not path:
-        return ""
-    try:
-        return Path(path).read_text().strip()
-    except OSError as exc:
-        raise ConfigError(f"{name}_FILE={path}: cannot read it ({exc.strerror})") from None
 
 
 @dataclass(frozen=True)
@@ -53,6 +42,12 @@ class ServerConfig:
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "ServerConfig":
         d = cls()
 
+        def secret(name: str) -> str:
+            try:
+                return read_secret(env, name)
+            except SecretFileError as exc:
+                raise ConfigError(str(exc)) from None
+
         def number(name: str, default: int, minimum: int) -> int:
             raw = env.get(name, str(default))
             try:
@@ -74,6 +69,6 @@ class ServerConfig:
                    mqtt_host=env.get("FOTA_MQTT_HOST", d.mqtt_host),
                    mqtt_port=number("FOTA_MQTT_PORT", d.mqtt_port, 1),
                    mqtt_username=env.get("FOTA_MQTT_USERNAME", d.mqtt_username),
-                   mqtt_password=_secret(env, "FOTA_MQTT_PASSWORD"),
+                   mqtt_password=secret("FOTA_MQTT_PASSWORD"),
                    mqtt_client_id=env.get("FOTA_MQTT_CLIENT_ID", d.mqtt_client_id),
                    api_token=env.get("FOTA_API_TOKEN", d.api_token))
