@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -19,6 +20,20 @@ from fotalab.provision import SERVER
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
+TEST_FAILED = pytest.StashKey[bool]()     # set on a test whose call failed, for fixtures that save evidence
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = (yield).get_result()
+    if report.when == "call" and report.failed:
+        item.stash[TEST_FAILED] = True
+
+
+@pytest.fixture
+def call_failed(request) -> Callable[[], bool]:
+    """Asked at teardown: did this test's call fail? (to save evidence such as a screenshot)"""
+    return lambda: request.node.stash.get(TEST_FAILED, False)
 
 
 @pytest.fixture(scope="session")
