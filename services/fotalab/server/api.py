@@ -7,6 +7,7 @@ route is in openapi.py, served at /api/v1/openapi.json.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from flask import Blueprint, Response, abort, jsonify, request
@@ -17,6 +18,7 @@ from . import assignment, offer, rollouts
 from .artifacts import LiveIndex, ReleaseIndex
 from .auth import token_problem
 from .config import ServerConfig
+from .live import LiveHub
 from .openapi import openapi_document
 from .registry import Registry
 
@@ -29,6 +31,7 @@ class Services:
     config: ServerConfig
     index: LiveIndex
     registry: Registry
+    live: LiveHub
 
 
 def checked_device_id(device_id: str) -> str:
@@ -164,7 +167,9 @@ def api_blueprint(services: Services) -> Blueprint:
                 raise rollouts.RolloutError('phases is a list such as ["1", "50%", "100%"]')
             policy = rollouts.Policy(**body.get("policy", {}))
             planned = rollouts.plan(0, body["release"], selection, device_ids, [str(p) for p in phases], policy)
-            created = registry.create_rollout(planned)
+            created = registry.create_rollout(planned, f"{body['release']} to {len(device_ids)} device(s) "
+                                                         f"selected by {json.dumps(selection)}, cumulative "
+                                                         f"phases {', '.join(map(str, planned.phases))}")
         except TypeError as exc:
             abort(400, f"policy: {exc}; known fields: {', '.join(rollouts.Policy.__dataclass_fields__)}")
         except rollouts.RolloutError as exc:
@@ -212,6 +217,11 @@ def api_blueprint(services: Services) -> Blueprint:
     def get_rollout(rollout_id: int):
         return jsonify(known_rollout(rollout_id).to_json())
 
+    @api.get("/rollouts/<int:rollout_id>/log")
+    def rollout_log(rollout_id: int):
+        known_rollout(rollout_id)
+        return jsonify(rollout_id=rollout_id, decisions=registry.rollout_log(rollout_id=rollout_id))
+
     def operate(rollout_id: int, change) -> Response:
         for _ in range(20):                        # lost a race with the engine's tick: read again
             current = known_rollout(rollout_id)
@@ -220,7 +230,8 @@ def api_blueprint(services: Services) -> Blueprint:
             except rollouts.RolloutError as exc:
                 abort(409, str(exc))
             unassign = rollouts.assignments_to_clear(changed) if changed.status == rollouts.ABORTED else []
-            saved = registry.save_rollout(changed, unassign=unassign)
+            saved = registry.save_rollout(changed, unassign=unassign, actor="operator",
+                                          decisions=rollouts.decisions(current, changed))
             if saved is not None:
                 return jsonify(saved.to_json())
         abort(503, f"rollout {rollout_id} changes too fast to update; try again")

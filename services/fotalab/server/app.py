@@ -1,5 +1,5 @@
-"""The update server's Flask application factory: operations endpoints, the API, and the
-artifact downloads (downloads.py, in front of Flask).
+"""The update server's Flask application factory: operations endpoints, the API, the live
+dashboard (dashboard.py) and the artifact downloads (downloads.py, in front of Flask).
 
 Every error is JSON {"error": <what was wrong and what to do>, "status": <code>}; an
 unexpected exception is logged with its traceback and answered without it.
@@ -17,7 +17,9 @@ from . import metrics
 from .api import Services, api_blueprint
 from .artifacts import LiveIndex
 from .config import ServerConfig
+from .dashboard import dashboard_blueprint
 from .downloads import Downloads
+from .live import LiveHub
 from .registry import Registry
 
 log = logging.getLogger("fotalab.server")
@@ -37,9 +39,12 @@ def create_app(config: ServerConfig) -> Flask:
         raise ValueError("ServerConfig.api_token is empty: main.prepare() loads or generates it")
     app = Flask("fotalab.server")
     app.json.sort_keys = False
-    services = Services(config, LiveIndex(config.releases_dir), Registry(config.database))
+    registry = Registry(config.database)
+    services = Services(config, LiveIndex(config.releases_dir), registry,
+                        LiveHub(registry, limit=config.stream_limit, poll_s=config.live_poll_s))
     app.extensions["fotalab"] = services
     app.register_blueprint(api_blueprint(services))
+    app.register_blueprint(dashboard_blueprint(app, services))
 
     @app.before_request
     def label_route():

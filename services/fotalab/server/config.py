@@ -29,10 +29,18 @@ class ServerConfig:
     mqtt_password: str = ""
     mqtt_client_id: str = "fotalab-server"   # one persistent session: the broker queues events while we are down
     api_token: str = ""                # empty: main() loads or generates one in data_dir
+    streams: int = 8                   # dashboard event streams per worker, each holding a thread (live.py)
+    stream_s: float = 300.0            # a stream ends after this long; the browser reconnects
+    live_poll_s: float = 1.0           # how often a worker reads the registry's changes for its streams
 
     @property
     def database(self) -> Path:
         return self.data_dir / "registry.sqlite3"
+
+    @property
+    def stream_limit(self) -> int:
+        """Streams per worker, at most half its threads: dashboards never starve downloads."""
+        return min(self.streams, self.threads // 2)
 
     @property
     def token_file(self) -> Path:
@@ -71,4 +79,5 @@ class ServerConfig:
                    mqtt_username=env.get("FOTA_MQTT_USERNAME", d.mqtt_username),
                    mqtt_password=secret("FOTA_MQTT_PASSWORD"),
                    mqtt_client_id=env.get("FOTA_MQTT_CLIENT_ID", d.mqtt_client_id),
-                   api_token=env.get("FOTA_API_TOKEN", d.api_token))
+                   api_token=env.get("FOTA_API_TOKEN", d.api_token),
+                   streams=number("FOTA_SERVER_STREAMS", d.streams, 0))

@@ -20,6 +20,7 @@ from prometheus_client import multiprocess
 from .app import create_app
 from .config import ServerConfig
 from .ingest import start_ingestion
+from .live import close_all
 from .logs import JsonLogger
 from .registry import Registry
 
@@ -33,8 +34,19 @@ class SlowLinkThreadWorker(ThreadWorker):
     so each such close blocks the main loop, which stops heart-beating: with a few slow
     downloads ending together the master kills the worker and every transfer in it (WORKER
     TIMEOUT; tests/integration/test_server_http.py shows it). Here those closes run in a
-    thread pool of their own; everything else is gthread's.
+    thread pool of their own. On a stop signal the dashboards' streams end at once (live.py);
+    everything else is gthread's.
     """
+
+    def handle_exit(self, sig, frame) -> None:
+        """SIGTERM (stop, restart): end the dashboards' event streams now, or the graceful stop
+        would wait for them until the master kills the worker."""
+        close_all()
+        super().handle_exit(sig, frame)
+
+    def handle_quit(self, sig, frame) -> None:
+        close_all()
+        super().handle_quit(sig, frame)
 
     def init_process(self) -> None:
         self._closer = futures.ThreadPoolExecutor(max_workers=self.cfg.threads, thread_name_prefix="close")

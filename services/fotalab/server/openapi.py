@@ -101,6 +101,21 @@ def openapi_document() -> dict[str, Any]:
                     "quarantined": {"type": "array", "items": {"type": "string"},
                                     "description": "devices on which the release rolled back: never offered again"},
                     "devices": {"type": "array", "items": {"type": "object"}}}},
+                "Decision": {"type": "object", "description": "one entry of a rollout's log", "properties": {
+                    "id": {"type": "integer"}, "rollout_id": {"type": "integer"},
+                    "at": {"type": "number", "description": "server clock"},
+                    "actor": {"enum": ["engine", "operator"]},
+                    "action": {"enum": ["created", "advanced", "paused", "resumed", "aborted", "completed"]},
+                    "status": {"type": "string", "description": "the rollout's status after the decision"},
+                    "phase": {"type": "integer"}, "reason": {"type": "string"}}},
+                "Snapshot": {"type": "object", "description": "the dashboard's view of the fleet", "properties": {
+                    "at": {"type": "number"},
+                    "devices": {"type": "array", "items": _ref("Device"),
+                                "description": "each with last_result {outcome, version, reason} or null"},
+                    "rollouts": {"type": "array", "items": {"type": "object"},
+                                 "description": "the newest rollouts, without per-device runs (device_count), "
+                                                "with created_at and updated_at"},
+                    "decisions": {"type": "array", "items": _ref("Decision")}}},
                 "Event": {"type": "object", "properties": {
                     "id": {"type": "integer"}, "ts": {"type": "number"}, "event": {"type": "string"},
                     "received_at": {"type": "number"}, "payload": {"type": "object"}}}}},
@@ -122,6 +137,26 @@ def openapi_document() -> dict[str, Any]:
                 "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
                 "responses": {"200": {"description": "sha256sum line", "content": {"text/plain": {}}},
                               "404": ERROR}}},
+            "/": {"get": {"summary": "the live fleet dashboard (HTML; its assets under /static/)",
+                          "responses": {"200": {"description": "the page", "content": {"text/html": {}}}}}},
+            "/api/v1/dashboard": {"get": {
+                "summary": "the fleet as the dashboard shows it: what the stream sends first; poll it when the "
+                           "stream is not available",
+                "responses": {"200": _json(_ref("Snapshot"), "snapshot")}}},
+            "/api/v1/dashboard/charts": {"get": {
+                "summary": "chart data: bytes per update (delta against full image), a rollout's commits over "
+                           "time with its decisions, recoveries after power cuts",
+                "parameters": [_query("hours", "time window, default 24, at most 168", type_="number"),
+                               _query("rollout", "rollout id (default: the newest)", type_="integer")],
+                "responses": {"200": _json({"type": "object"}, "bandwidth, rollout and recoveries"),
+                              "400": ERROR, "404": ERROR}}},
+            "/api/v1/stream": {"get": {
+                "summary": "Server-Sent Events: a 'snapshot' event (as GET /api/v1/dashboard), then 'changes' "
+                           "events {devices, events, rollouts, decisions} about once a second; the stream ends "
+                           "after a few minutes and EventSource reconnects",
+                "responses": {"200": {"description": "the event stream", "content": {"text/event-stream": {}}},
+                              "503": _json(_ref("Error"), "this worker serves its maximum of streams: "
+                                                          "retry after Retry-After seconds, or poll")}}},
             "/api/v1/openapi.json": {"get": {"summary": "this document",
                                              "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")}}},
             "/api/v1/releases": {"get": {
@@ -183,6 +218,13 @@ def openapi_document() -> dict[str, Any]:
                 "summary": "one rollout: status, phases, every device's progress",
                 "parameters": [ROLLOUT_ID],
                 "responses": {"200": _json(_ref("Rollout"), "the rollout"), "404": ERROR}}},
+            "/api/v1/rollouts/{rollout_id}/log": {"get": {
+                "summary": "the rollout's decisions, oldest first: created, phases advanced, gates tripped, "
+                           "operator actions, completion",
+                "parameters": [ROLLOUT_ID],
+                "responses": {"200": _json({"type": "object", "properties": {
+                    "rollout_id": {"type": "integer"}, "decisions": {"type": "array", "items": _ref("Decision")}}},
+                    "the log"), "404": ERROR}}},
             **{f"/api/v1/rollouts/{{rollout_id}}/{verb}": {"post": {
                 "summary": summary, "security": SECURED, "parameters": [ROLLOUT_ID],
                 "responses": {"200": _json(_ref("Rollout"), "the changed rollout"), "401": ERROR, "404": ERROR,

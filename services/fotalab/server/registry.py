@@ -1,7 +1,8 @@
 """The device registry: SQLite in WAL mode on the server's volume.
 
 Every device with its last reported state, online status and last contact; an append-only
-event history; per-device release assignments; the ingester's status. WAL lets every
+event history; per-device release assignments; rollouts and the log of their decisions; the
+ingester's status. WAL lets every
 gunicorn worker read while the one ingester writes. Each thread keeps its own connection
 (sqlite3 connections are not shared between threads), opened on first use, so nothing
 opened in the gunicorn master crosses a fork.
@@ -20,11 +21,11 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 from dataclasses import replace
-from typing import Iterator
+from typing import Iterator, NamedTuple, Sequence
 
-from .rollouts import Rollout, RolloutError, dumps, loads
+from .rollouts import Decision, Rollout, RolloutError, dumps, loads
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3      # 3: rollout_log, and indexes for the dashboard's change feed and charts
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
     device_id    TEXT PRIMARY KEY,
@@ -68,6 +69,20 @@ CREATE TABLE IF NOT EXISTS rollouts (
     updated_at  REAL NOT NULL,
     body        TEXT NOT NULL              -- rollouts.dumps(): phases, policy, every device's progress
 );
+CREATE TABLE IF NOT EXISTS rollout_log (  -- every decision on a rollout, for people: append-only
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    rollout_id  INTEGER NOT NULL,
+    at          REAL NOT NULL,
+    actor       TEXT NOT NULL,             -- engine or operator
+    action      TEXT NOT NULL,             -- created, advanced, paused, resumed, aborted, completed
+    status      TEXT NOT NULL,             -- the rollout's status after the decision
+    phase       INTEGER NOT NULL,          -- and its phase
+    reason      TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rollout_log_by_rollout ON rollout_log (rollout_id, id);
+CREATE INDEX IF NOT EXISTS devices_by_last_seen ON devices (last_seen);     -- the change feed (live.py)
+CREATE INDEX IF NOT EXISTS rollouts_by_update ON rollouts (updated_at);
+CREATE INDEX IF NOT EXISTS events_by_kind ON events (event, received_at);   -- charts.py: one kind, a time window
 CREATE TABLE IF NOT EXISTS hints (       -- operator triggers, sent by the one process on MQTT
     device_id    TEXT PRIMARY KEY,
     requested_at REAL NOT NULL
@@ -79,8 +94,21 @@ CREATE TABLE IF NOT EXISTS ingester (
     since     REAL NOT NULL
 );
 """
+# a v2 database gets a "created" entry for each rollout it holds: no rollout has an empty log
+BACKFILL_V3 = """
+INSERT INTO rollout_log (rollout_id, at, actor, action, status, phase, reason)
+    SELECT id, created_at, 'operator', 'created', 'running', 0, 'created before this server kept a rollout log'
+    FROM rollouts WHERE id NOT IN (SELECT rollout_id FROM rollout_log);
+"""
+LOG_COLUMNS = ("id", "rollout_id", "at", "actor", "action", "status", "phase", "reason")
 DEVICE_COLUMNS = ("device_id", "hardware", "state", "version", "slot", "image_sha256", "progress", "reason",
                   "state_ts", "online", "first_seen", "last_seen")
+
+
+class RolloutRecord(NamedTuple):
+    rollout: Rollout
+    created_at: float
+    updated_at: float
 
 
 class Registry:
@@ -121,7 +149,8 @@ class Registry:
         if version > SCHEMA_VERSION:
             raise RuntimeError(f"{self.path} has schema {version}, newer than this server's {SCHEMA_VERSION}: "
                                "run a newer server or move the file away")
-        db.executescript(SCHEMA + f"PRAGMA user_version = {SCHEMA_VERSION};")
+        db.executescript("BEGIN IMMEDIATE;" + SCHEMA + (BACKFILL_V3 if version < 3 else "")
+                         + f"PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
 
     def close(self) -> None:
         db = getattr(self._local, "db", None)
@@ -198,8 +227,12 @@ class Registry:
     _SELECT_DEVICES = ("SELECT d.*, a.version AS assigned_version FROM devices d "
                        "LEFT JOIN assignments a ON a.device_id = d.device_id")
 
-    def devices(self, *, state: str | None = None, online: bool | None = None) -> list[dict]:
+    def devices(self, *, state: str | None = None, online: bool | None = None,
+                seen_since: float | None = None) -> list[dict]:
         where, args = [], []
+        if seen_since is not None:                   # last_seen moves on every state, status and event
+            where.append("d.last_seen >= ?")
+            args.append(seen_since)
         if state is not None:
             where.append("d.state = ?")
             args.append(state)
@@ -214,10 +247,40 @@ class Registry:
         return self._device(row) if row else None
 
     def history(self, device_id: str, *, after: int = 0, limit: int = 100) -> list[dict]:
-        rows = self._db().execute("SELECT id, ts, event, received_at, payload FROM events "
+        rows = self._db().execute("SELECT id, device_id, ts, event, received_at, payload FROM events "
                                   "WHERE device_id = ? AND id > ? ORDER BY id LIMIT ?", (device_id, after, limit))
-        return [{"id": r["id"], "ts": r["ts"], "event": r["event"], "received_at": r["received_at"],
-                 "payload": json.loads(r["payload"])} for r in rows]
+        return [self._event(r) for r in rows]
+
+    def events(self, *, after: int = 0, limit: int = 500) -> list[dict]:
+        """Every device's events after event id `after`, oldest first."""
+        rows = self._db().execute("SELECT id, device_id, ts, event, received_at, payload FROM events "
+                                  "WHERE id > ? ORDER BY id LIMIT ?", (after, limit))
+        return [self._event(r) for r in rows]
+
+    def recent_events(self, kind: str, *, since: float, limit: int) -> list[dict]:
+        """The newest events of one kind received since `since` (server clock), newest first."""
+        rows = self._db().execute("SELECT id, device_id, ts, event, received_at, payload FROM events "
+                                  "WHERE event = ? AND received_at >= ? ORDER BY received_at DESC LIMIT ?",
+                                  (kind, since, limit))
+        return [self._event(r) for r in rows]
+
+    def events_before(self, device_id: str, before: int, kinds: Sequence[str], limit: int) -> list[dict]:
+        """A device's events of the given kinds before event id `before`, newest first."""
+        rows = self._db().execute("SELECT id, device_id, ts, event, received_at, payload FROM events "
+                                  f"WHERE device_id = ? AND id < ? AND event IN ({','.join('?' * len(kinds))}) "
+                                  "ORDER BY id DESC LIMIT ?", (device_id, before, *kinds, limit))
+        return [self._event(r) for r in rows]
+
+    @staticmethod
+    def _event(row: sqlite3.Row) -> dict:
+        return {"id": row["id"], "device_id": row["device_id"], "ts": row["ts"], "event": row["event"],
+                "received_at": row["received_at"], "payload": json.loads(row["payload"])}
+
+    def high_water(self) -> tuple[int, int]:
+        """The last event id and the last rollout log id: where a change feed starts."""
+        row = self._db().execute("SELECT (SELECT coalesce(max(id), 0) FROM events), "
+                                 "(SELECT coalesce(max(id), 0) FROM rollout_log)").fetchone()
+        return row[0], row[1]
 
     def counts(self) -> tuple[dict[str, int], int]:
         """Devices by state (devices that never reported a state count as 'unknown'), and online."""
@@ -241,17 +304,19 @@ class Registry:
 
     # --- rollouts (rollouts.py decides, the engine and the API save) ----------------------------------
 
-    def create_rollout(self, rollout: Rollout) -> Rollout:
+    def create_rollout(self, rollout: Rollout, reason: str) -> Rollout:
         """Store a new rollout unless another one is active (one at a time keeps devices unambiguous)."""
-        now = time.time()
         with self._write() as db:
+            now = time.time()                  # under the write lock: updated_at follows commit order
             active = db.execute("SELECT id, status FROM rollouts WHERE status IN ('running', 'paused')").fetchone()
             if active:
                 raise RolloutError(f"rollout {active['id']} is {active['status']}: abort it or let it finish "
                                    "before creating another one")
             rollout_id = db.execute("INSERT INTO rollouts (status, revision, created_at, updated_at, body) "
                                     "VALUES (?, 1, ?, ?, ?)", (rollout.status, now, now, dumps(rollout))).lastrowid
-        return replace(rollout, id=rollout_id, revision=1)
+            created = replace(rollout, id=rollout_id, revision=1)
+            self._log(db, created, "operator", [Decision("created", reason)], now)
+        return created
 
     def rollout(self, rollout_id: int) -> Rollout | None:
         row = self._db().execute("SELECT id, revision, body FROM rollouts WHERE id = ?", (rollout_id,)).fetchone()
@@ -262,11 +327,26 @@ class Registry:
         sql += " WHERE status IN ('running', 'paused')" if active_only else ""
         return [loads(r["id"], r["revision"], r["body"]) for r in self._db().execute(sql + " ORDER BY id")]
 
-    def save_rollout(self, rollout: Rollout, *, assign: list[str] = (), unassign: list[str] = ()) -> Rollout | None:
-        """Save if nobody saved since `rollout.revision` was read, with the assignments it implies,
-        in one transaction; the saved rollout, or None when it lost the race (read it again)."""
-        now = time.time()
+    def rollout_records(self, *, updated_since: float | None = None, rollout_id: int | None = None,
+                        latest: int = -1) -> list[RolloutRecord]:
+        """Rollouts with their creation and last-change times (server clock), oldest first: those
+        saved since `updated_since`, one by id, or the `latest` ones (-1: all)."""
+        sql, args = "SELECT id, revision, body, created_at, updated_at FROM rollouts WHERE 1", []
+        if updated_since is not None:
+            sql, args = sql + " AND updated_at >= ?", [*args, updated_since]
+        if rollout_id is not None:
+            sql, args = sql + " AND id = ?", [*args, rollout_id]
+        rows = self._db().execute(sql + " ORDER BY id DESC LIMIT ?", [*args, latest])
+        return [RolloutRecord(loads(r["id"], r["revision"], r["body"]), r["created_at"], r["updated_at"])
+                for r in reversed(rows.fetchall())]
+
+    def save_rollout(self, rollout: Rollout, *, assign: Sequence[str] = (), unassign: Sequence[str] = (),
+                     actor: str = "engine", decisions: Sequence[Decision] = ()) -> Rollout | None:
+        """Save if nobody saved since `rollout.revision` was read, with the assignments it implies
+        and the decisions to log, in one transaction; the saved rollout, or None when it lost the
+        race (read it again)."""
         with self._write() as db:
+            now = time.time()                  # under the write lock: updated_at follows commit order
             saved = db.execute("UPDATE rollouts SET status = ?, revision = revision + 1, updated_at = ?, body = ? "
                                "WHERE id = ? AND revision = ?",
                                (rollout.status, now, dumps(rollout), rollout.id, rollout.revision)).rowcount
@@ -277,7 +357,22 @@ class Registry:
                            "assigned_at = excluded.assigned_at", [(d, rollout.release, now) for d in assign])
             db.executemany("DELETE FROM assignments WHERE device_id = ? AND version = ?",
                            [(d, rollout.release) for d in unassign])
+            self._log(db, rollout, actor, decisions, now)
         return replace(rollout, revision=rollout.revision + 1)
+
+    @staticmethod
+    def _log(db: sqlite3.Connection, rollout: Rollout, actor: str, decisions: Sequence[Decision], now: float) -> None:
+        db.executemany("INSERT INTO rollout_log (rollout_id, at, actor, action, status, phase, reason) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       [(rollout.id, now, actor, d.action, rollout.status, rollout.phase, d.reason) for d in decisions])
+
+    def rollout_log(self, *, rollout_id: int | None = None, after: int = 0, limit: int = 1000) -> list[dict]:
+        """Decisions, oldest first: of one rollout, or of every rollout after log entry `after`."""
+        sql, args = "SELECT * FROM rollout_log WHERE id > ?", [after]
+        if rollout_id is not None:
+            sql, args = sql + " AND rollout_id = ?", [*args, rollout_id]
+        rows = self._db().execute(sql + " ORDER BY id LIMIT ?", [*args, limit])
+        return [{column: row[column] for column in LOG_COLUMNS} for row in rows]
 
     def request_hint(self, device_id: str) -> None:
         with self._write() as db:

@@ -3,7 +3,8 @@
 It runs next to the MQTT ingester (ingest.py), so exactly once whatever the worker count, and
 it publishes hints with the ingester's client, the server's MQTT identity. Every tick it reads
 each running rollout and its devices' facts from the registry (what the ingester stored),
-steps it, and saves the result with the assignments it implies in one transaction, guarded by
+steps it, and saves the result with the assignments it implies and the decisions it made (the
+rollout log: phases advanced, gates tripped, completion) in one transaction, guarded by
 the revision it read: an operator's pause or abort saved in between wins, and the tick is
 simply redone. Hints are sent only after the save; one lost then (crash, broker down) is sent
 again by the rehint rule of rollouts.py. A restarted server just carries on from the database.
@@ -45,11 +46,12 @@ def tick(registry: Registry, hint: Callable[[str], None], now: float | None = No
             continue
         offered = [d.device_id for d in stepped.devices if d.status == rollouts.OFFERED]
         unassign = rollouts.assignments_to_clear(stepped) if stepped.status == rollouts.ABORTED else []
-        if registry.save_rollout(stepped, assign=offered, unassign=unassign) is None:
+        decided = rollouts.decisions(rollout, stepped)
+        if registry.save_rollout(stepped, assign=offered, unassign=unassign, decisions=decided) is None:
             continue                                  # the operator changed it meanwhile: next tick
-        if stepped.status != rollout.status or stepped.phase != rollout.phase:
-            log.info("rollout %d of %s: %s, phase %d (%s)", stepped.id, stepped.release, stepped.status,
-                     stepped.phase, stepped.reason)
+        for decision in decided:
+            log.info("rollout %d of %s: %s, now %s in phase %d (%s)", stepped.id, stepped.release, decision.action,
+                     stepped.status, stepped.phase, decision.reason)
         for device_id in hints:
             hint(device_id)
 

@@ -110,6 +110,27 @@ class Rollout:
                 "devices": [d.__dict__ for d in self.devices]}
 
 
+@dataclass(frozen=True)
+class Decision:
+    """A decision on a rollout, for its log: created, advanced, paused, resumed, aborted, completed."""
+    action: str
+    reason: str
+
+
+def decisions(before: Rollout, after: Rollout) -> list[Decision]:
+    """What changed between two states of a rollout, for people: phases that passed their gate
+    (one step can pass several), then a change of status with its reason."""
+    made = []
+    for number in range(before.phase, after.phase):
+        members = after.in_phase(number)
+        committed = sum(d.status == COMMITTED for d in members)
+        made.append(Decision("advanced", f"phase {number} passed its gate ({committed} of {len(members)} "
+                                         f"devices committed): phase {number + 1} starts"))
+    if after.status != before.status:
+        made.append(Decision("resumed" if after.status == RUNNING else after.status, after.reason))
+    return made
+
+
 def phase_sizes(specs: list[str], total: int) -> tuple[int, ...]:
     """'2' is a canary of 2 devices, '50%' half the selection; cumulative, ending with everyone."""
     if total == 0:

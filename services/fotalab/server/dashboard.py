@@ -1,0 +1,67 @@
+"""The live fleet dashboard: its page at /, and the read-only endpoints it runs on.
+
+The page (static/index.html, dashboard.js, charts.js, dashboard.css) is served by this server
+and needs nothing from the internet: workshops often have none. It reads the fleet from
+GET /api/v1/stream (Server-Sent Events, live.py), or polls GET /api/v1/dashboard when the
+stream is not available, and the charts from GET /api/v1/dashboard/charts. Actions go through
+the token-protected API (api.py), with the token the user pastes into the page.
+"""
+from __future__ import annotations
+
+from flask import Blueprint, Flask, Response, abort, jsonify, request, send_from_directory
+
+from . import charts
+from .api import Services
+from .fleetview import snapshot
+from .live import Stream
+
+MAX_HOURS = 7 * 24
+BUSY_RETRY_S = 30               # when a worker's streams are all taken
+
+
+def dashboard_blueprint(app: Flask, services: Services) -> Blueprint:
+    page = Blueprint("dashboard", __name__)
+    registry, hub = services.registry, services.live
+
+    @page.get("/")
+    def index():
+        return send_from_directory(app.static_folder, "index.html", max_age=0)
+
+    @page.get("/api/v1/dashboard")
+    def dashboard_snapshot():
+        return jsonify(snapshot(registry))
+
+    @page.get("/api/v1/dashboard/charts")
+    def dashboard_charts():
+        try:
+            hours = float(request.args.get("hours", 24))
+            rollout_id = int(request.args["rollout"]) if request.args.get("rollout") else None
+        except ValueError:
+            abort(400, "query parameters: hours is a number of hours (e.g. 24), rollout a rollout id")
+        if not 0 < hours <= MAX_HOURS:
+            abort(400, f"hours must be more than 0 and at most {MAX_HOURS} (a week), got {hours:g}")
+        if rollout_id is not None and registry.rollout(rollout_id) is None:
+            abort(404, f"no rollout {rollout_id}: GET /api/v1/rollouts lists them")
+        return jsonify(charts.charts(registry, services.index.get(), hours=hours, rollout_id=rollout_id))
+
+    @page.get("/api/v1/stream")
+    def stream():
+        subscription = hub.subscribe()
+        if subscription is None:
+            why = ("this server worker is stopping" if hub.closing else
+                   f"this server worker already serves {hub.limit} live dashboard streams "
+                   "(FOTA_SERVER_STREAMS, at most half its threads)")
+            response = jsonify(error=f"{why}: retry in {BUSY_RETRY_S} s, or poll GET /api/v1/dashboard",
+                               status=503, retry_ms=BUSY_RETRY_S * 1000)
+            response.headers["Retry-After"] = str(BUSY_RETRY_S)
+            return response, 503
+        try:
+            first = snapshot(registry)
+        except BaseException:
+            hub.unsubscribe(subscription)
+            raise
+        body = Stream(hub, subscription, first, stream_s=services.config.stream_s)
+        return Response(body, mimetype="text/event-stream",
+                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    return page
