@@ -1,6 +1,6 @@
 // Inline SVG charts for the dashboard, drawn from GET /api/v1/dashboard/charts (no library).
 const NS = "http://www.w3.org/2000/svg";
-const W = 640, H = 220, LEFT = 58, RIGHT = 14, TOP = 14, BOTTOM = 34;
+const W = 640, H = 220, LEFT = 74, RIGHT = 14, TOP = 14, BOTTOM = 34;
 
 function el(parent, tag, attrs = {}, text = "") {
   const node = document.createElementNS(NS, tag);
@@ -65,8 +65,9 @@ export function drawBandwidth(svg, data) {
     const got = el(svg, "rect", { x, y: y(u.downloaded), width: bar, height: Math.max(1, y(0) - y(u.downloaded)),
                                   class: u.kind === "delta" ? "delta" : "image" });
     el(got, "title", {}, `${u.device_id} ${u.version}: downloaded ${bytes(u.downloaded)} (${u.kind})`);
-    if (updates.length <= 12) {
-      el(svg, "text", { x, y: H - BOTTOM + 14, "text-anchor": "middle", class: "label" }, u.device_id);
+    if (updates.length <= 8) {
+      el(svg, "text", { x, y: H - BOTTOM + 14, "text-anchor": "middle", class: "label" },
+         `${u.device_id} ${clock(u.at)}`);
     }
   });
   legend(svg, [["full", "full image"], ["delta", "downloaded: delta"], ["image", "downloaded: full image"]]);

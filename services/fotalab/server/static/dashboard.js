@@ -313,7 +313,7 @@ async function loadCharts() {
     drawBandwidth($("#chart-bandwidth"), data.bandwidth);
     const b = data.bandwidth;
     $("#bandwidth-summary").textContent = b.updates.length
-      ? `${b.updates.length} updates: ${bytes(b.downloaded)} downloaded instead of ${bytes(b.full)}, ${bytes(b.saved)} saved (${b.saved_pct} %)` : "";
+      ? `${b.updates.length} update${b.updates.length === 1 ? "" : "s"}: ${bytes(b.downloaded)} downloaded instead of ${bytes(b.full)}, ${bytes(b.saved)} saved (${b.saved_pct} %)` : "";
     drawRollout($("#chart-rollout"), data.rollout);
     const r = data.rollout;
     $("#rollout-summary").textContent = r ? `${r.points.length} of ${r.devices} devices committed ${r.release}` : "";

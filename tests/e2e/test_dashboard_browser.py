@@ -1,0 +1,178 @@
+"""The dashboard in a real browser (Debian's headless Chromium driven by Selenium) against the
+compose lab: a device's progress bar moves during its update, a killed device goes offline and
+comes back, and a rollout started from the page reaches the fleet. Screenshots of each step
+are saved under test-artifacts/screenshots/."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+import requests
+
+pytestmark = [pytest.mark.e2e, pytest.mark.browser]
+
+REPO = Path(__file__).resolve().parents[2]
+SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
+CHROMIUM = os.environ.get("FOTA_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("FOTA_CHROMEDRIVER", shutil.which("chromedriver") or "/usr/bin/chromedriver")
+
+
+def browser_problem() -> str | None:
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
+    if missing:
+        return f"{', '.join(missing)} not installed: apt-get install chromium chromium-driver (scripts/test does)"
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "selenium is not installed: pip install -e '.[test]' (scripts/test does)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[object]:
+    """Headless Chromium at 1400x1000, driven through Debian's chromedriver (never downloaded)."""
+    problem = browser_problem()
+    if problem:
+        if os.environ.get("FOTA_REQUIRE_DOCKER") == "1":
+            pytest.fail(f"FOTA_REQUIRE_DOCKER=1 but {problem}")
+        pytest.skip(problem)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    os.environ["SE_OFFLINE"] = "true"             # Selenium Manager must not try to fetch anything
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def dashboard(compose_lab, chromium, call_failed, request):
+    """The browser on the lab's dashboard, read-only (no token); a screenshot is saved if the test fails."""
+    chromium.get(f"http://127.0.0.1:{compose_lab.env['SERVER_PORT']}/")
+    chromium.execute_script("localStorage.clear()")
+    chromium.refresh()
+    wait_until(chromium, lambda d: d.find_element("css selector", "body").get_attribute("data-live") == "connected",
+               30, "the dashboard's live stream connected")
+    yield chromium
+    if call_failed():
+        chromium.save_screenshot(str(SCREENSHOTS / f"failed-{request.node.name}.png"))
+
+
+def wait_until(driver, check: Callable[[object], object], timeout: float, what: str):
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.2, ignored_exceptions=(WebDriverException,)
+                             ).until(check)
+    except WebDriverException as exc:
+        raise AssertionError(f"{what}: not seen within {timeout:.0f} s") from exc
+
+
+def cell(driver, device: str, field: str):
+    return driver.find_element("css selector", f'#fleet tr[data-device="{device}"] [data-field="{field}"]')
+
+
+def factory_fleet(compose_lab, fleet, devices: list[str]) -> None:
+    """Erase the devices' flash (earlier e2e tests leave them updated) and wait for 1.0.0."""
+    for device in devices:
+        compose_lab.reset_flash(device)
+    fleet.wait_for(lambda f: all(f.states.get(d, {}).get("version") == "1.0.0"
+                                 and f.states[d].get("state") == "running" for d in devices), 90,
+                   f"{', '.join(devices)} back on the factory image 1.0.0")
+
+
+def test_progress_bar_moves_while_a_device_downloads_and_it_commits(compose_lab, fleet, dashboard):
+    factory_fleet(compose_lab, fleet, ["device-1"])
+    wait_until(dashboard, lambda d: cell(d, "device-1", "version").text == "1.0.0", 30, "device-1 shown on 1.0.0")
+    fleet.command(["device-1"], {"cmd": "update"})
+    seen: list[float] = []
+
+    def progress_moved(driver) -> bool:
+        value = float(cell(driver, "device-1", "progress").get_attribute("value") or 0)
+        if cell(driver, "device-1", "state").text == "downloading" and 0 < value < 1 and value not in seen:
+            seen.append(value)
+            if len(seen) == 2:
+                driver.save_screenshot(str(SCREENSHOTS / "01-device-downloading.png"))
+        return len(seen) >= 3
+
+    wait_until(dashboard, progress_moved, 120, "device-1's progress bar taking three values while downloading")
+    assert seen == sorted(seen), f"the progress bar went backwards: {seen}"
+    wait_until(dashboard, lambda d: cell(d, "device-1", "version").text == "2.0.0"
+               and cell(d, "device-1", "state").text == "committed", 120, "device-1 committed on 2.0.0")
+    dashboard.save_screenshot(str(SCREENSHOTS / "02-device-committed.png"))
+
+    dashboard.find_element("css selector", '#fleet a[href="#/devices/device-1"]').click()
+    wait_until(dashboard, lambda d: d.find_element("css selector", "#device").is_displayed()
+               and d.find_elements("css selector", '#history li[data-event="committed"]'), 30,
+               "device-1's page listing its commit")
+    kinds = {li.get_attribute("data-event") for li in dashboard.find_elements("css selector", "#history li")}
+    assert {"update_started", "downloaded", "committed"} <= kinds, kinds
+    dashboard.save_screenshot(str(SCREENSHOTS / "03-device-history.png"))
+
+
+def test_killed_device_goes_offline_and_comes_back(compose_lab, dashboard):
+    wait_until(dashboard, lambda d: cell(d, "device-2", "online").text == "online", 60, "device-2 online")
+    compose_lab.kill("device-2")
+    try:
+        wait_until(dashboard, lambda d: cell(d, "device-2", "online").text == "offline", 60,
+                   "device-2 offline after docker kill")
+        dashboard.save_screenshot(str(SCREENSHOTS / "04-device-offline.png"))
+    finally:
+        compose_lab.start("device-2")
+    wait_until(dashboard, lambda d: cell(d, "device-2", "online").text == "online", 90,
+               "device-2 online again after docker start")
+    dashboard.save_screenshot(str(SCREENSHOTS / "05-device-back-online.png"))
+
+
+def test_rollout_started_from_the_page_reaches_the_fleet(compose_lab, fleet, dashboard):
+    devices = compose_lab.services()
+    factory_fleet(compose_lab, fleet, devices)
+    start = dashboard.find_element("css selector", "#rollout-start")
+    assert dashboard.find_element("css selector", "body").get_attribute("data-auth") == "read-only"
+    assert not start.is_enabled(), "without the token the page must not offer to start a rollout"
+
+    token = compose_lab.read_file("server", "/var/lib/fotalab/api-token")
+    dashboard.find_element("css selector", "input#token").send_keys(token)
+    dashboard.find_element("css selector", "button#token-save").click()
+    wait_until(dashboard, lambda d: d.find_element("css selector", "body").get_attribute("data-auth") == "token",
+               10, "the page taking the token")
+    form = dashboard.find_element("css selector", "form#rollout-form")
+    from selenium.webdriver.support.ui import Select
+
+    Select(form.find_element("css selector", 'select[name="release"]')).select_by_value("2.0.0")
+    phases = form.find_element("css selector", 'input[name="phases"]')
+    phases.clear()
+    phases.send_keys("1,100%")
+    base = f"http://127.0.0.1:{compose_lab.env['SERVER_PORT']}"
+    before = {r["id"] for r in requests.get(f"{base}/api/v1/rollouts", timeout=5).json()["rollouts"]}
+    dashboard.find_element("css selector", "#rollout-start").click()
+
+    def created(_driver) -> dict | None:
+        new = [r for r in requests.get(f"{base}/api/v1/rollouts", timeout=5).json()["rollouts"] if r["id"] not in before]
+        return new[0] if new else None
+
+    rollout = wait_until(dashboard, created, 15, "the rollout created by the page (GET /api/v1/rollouts)")
+    assert rollout["release"] == "2.0.0" and [p["cumulative_devices"] for p in rollout["phases"]] == [1, len(devices)]
+    row = f'#rollouts [data-rollout="{rollout["id"]}"]'
+    wait_until(dashboard, lambda d: d.find_element("css selector", f'{row} [data-field="status"]').text == "running",
+               15, f"rollout {rollout['id']} shown running")
+    dashboard.save_screenshot(str(SCREENSHOTS / "06-rollout-running.png"))
+    wait_until(dashboard, lambda d: d.find_element("css selector", f'{row} [data-field="status"]').text == "completed",
+               240, f"rollout {rollout['id']} shown completed")
+    decisions = [li.text for li in dashboard.find_elements("css selector", f'{row} [data-field="decisions"] li')]
+    assert decisions, "the page shows no gate decision for a completed two-phase rollout"
+    for device in devices:
+        wait_until(dashboard, lambda d: cell(d, device, "version").text == "2.0.0", 30, f"{device} shown on 2.0.0")
+    dashboard.save_screenshot(str(SCREENSHOTS / "07-rollout-completed.png"))
