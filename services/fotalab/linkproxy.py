@@ -3,6 +3,11 @@ and optionally dropping connections mid-transfer at random (a flaky NB-IoT or LT
 
 Pacing happens in the link, not in the device, so data in flight stays as small as on a real
 slow link and the byte count is what crossed it.
+
+For the attack labs it can also play a man-in-the-middle on the (plain HTTP) link: flip bytes
+in the bodies of artifact downloads (`corrupt_probability`), or tell the server that the device
+runs an older version than it does (`spoof_version`), so the honest server hands out an older
+signed release. Either way the device's own checks against the signed manifest must refuse.
 """
 from __future__ import annotations
 
@@ -11,8 +16,65 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable
+from urllib.parse import parse_qsl, urlencode
 
 PIECE = 512
+ARTIFACT_TYPE = b"application/octet-stream"     # what the server sends artifacts as
+MANIFEST_PATH = b"/api/v1/manifest"
+
+
+def spoof_manifest_request(data: bytes, version: str) -> bytes:
+    """`data` with a device's manifest request (`GET /api/v1/manifest?...`) claiming to run
+    `version` and dropping the running image's hash; anything else unchanged."""
+    line, newline, rest = data.partition(b"\r\n")
+    parts = line.split(b" ")
+    if len(parts) != 3 or parts[0] != b"GET" or not parts[1].startswith(MANIFEST_PATH + b"?"):
+        return data
+    query = parse_qsl(parts[1][len(MANIFEST_PATH) + 1:].decode("ascii", "replace"))
+    forged = [(key, version if key == "version" else value) for key, value in query if key != "image"]
+    target = MANIFEST_PATH + b"?" + urlencode(forged).encode()
+    return b" ".join((parts[0], target, parts[2])) + newline + rest
+
+
+@dataclass
+class ArtifactBodies:
+    """Finds the artifact response bodies (application/octet-stream) in one connection's
+    downstream bytes and passes each of their pieces through `tamper`; status lines, headers
+    and other bodies pass unchanged, so the device still receives well-formed responses of the
+    right length. A response without Content-Length ends the parsing: the rest of that
+    connection passes unchanged."""
+    tamper: Callable[[bytes], bytes]
+    _head: bytes = b""
+    _body_left: int = 0
+    _artifact: bool = False
+    _blind: bool = False
+
+    def feed(self, data: bytes) -> bytes:
+        out = bytearray()
+        while data and not self._blind:
+            if self._body_left:
+                piece, data = data[:self._body_left], data[self._body_left:]
+                self._body_left -= len(piece)
+                out += self.tamper(piece) if self._artifact else piece
+                continue
+            self._head += data
+            end = self._head.find(b"\r\n\r\n")
+            if end < 0:
+                return bytes(out)         # the rest of the head is still on its way
+            head, data, self._head = self._head[:end + 4], self._head[end + 4:], b""
+            out += head
+            self._read_head(head)
+        return bytes(out + data)
+
+    def _read_head(self, head: bytes) -> None:
+        pairs = (line.split(b":", 1) for line in head.split(b"\r\n")[1:] if b":" in line)
+        fields = {name.strip().lower(): value.strip() for name, value in pairs}
+        if b"content-length" not in fields:
+            self._blind = True
+            return
+        self._body_left = int(fields[b"content-length"])
+        self._artifact = fields.get(b"content-type", b"").lower().startswith(ARTIFACT_TYPE)
 
 
 @dataclass
@@ -20,9 +82,12 @@ class LinkProxy:
     target: tuple[str, int]
     kbps: float = 0.0                  # 0: unlimited
     drop_probability: float = 0.0      # chance per piece sent downstream that the link drops
+    corrupt_probability: float = 0.0   # chance per piece of an artifact body that one byte is flipped
+    spoof_version: str = ""            # claim this running version in the devices' manifest requests
     seed: int = 0
     bytes_down: int = 0
     drops: int = 0
+    flipped: int = 0
     port: int = 0
     bind: str = "127.0.0.1"
     _server: socket.socket | None = field(default=None, repr=False)
@@ -54,8 +119,25 @@ class LinkProxy:
             threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
             threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
 
+    def _tamper(self, downstream: bool) -> Callable[[bytes], bytes] | None:
+        """What the man-in-the-middle does to one direction of a new connection (None: nothing)."""
+        if downstream and self.corrupt_probability:
+            return ArtifactBodies(self._flip_a_byte).feed
+        if not downstream and self.spoof_version:
+            return lambda data: spoof_manifest_request(data, self.spoof_version)
+        return None
+
+    def _flip_a_byte(self, piece: bytes) -> bytes:
+        with self._lock:
+            if not piece or self._rng.random() >= self.corrupt_probability:
+                return piece
+            at = self._rng.randrange(len(piece))
+            self.flipped += 1
+        return piece[:at] + bytes([piece[at] ^ 0xFF]) + piece[at + 1:]
+
     def _pump(self, source: socket.socket, sink: socket.socket, downstream: bool) -> None:
         rate = self.kbps * 1000 / 8
+        tamper = self._tamper(downstream)
         try:
             while data := source.recv(PIECE if downstream else 65536):
                 if downstream:
@@ -65,7 +147,7 @@ class LinkProxy:
                         with self._lock:
                             self.drops += 1
                         break
-                sink.sendall(data)
+                sink.sendall(tamper(data) if tamper else data)
                 if downstream:
                     with self._lock:
                         self.bytes_down += len(data)
@@ -92,16 +174,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kbps", type=float, default=float(os.environ.get("FOTA_LINK_PROXY_KBPS", "0")))
     parser.add_argument("--drop", type=float, default=float(os.environ.get("FOTA_LINK_DROP", "0")),
                         help="probability that the link drops a connection at each 512-byte piece")
+    parser.add_argument("--corrupt", type=float, default=float(os.environ.get("FOTA_LINK_CORRUPT", "0")),
+                        help="attack: probability that a byte is flipped in each piece of an artifact download")
+    parser.add_argument("--spoof-version", default=os.environ.get("FOTA_LINK_SPOOF_VERSION", ""),
+                        help="attack: tell the server the devices run this version (e.g. 1.0.0)")
     parser.add_argument("--seed", type=int, default=int(os.environ.get("FOTA_LINK_SEED", "1")))
     args = parser.parse_args(argv)
     host, _, port = args.target.rpartition(":")
-    proxy = LinkProxy((host, int(port)), kbps=args.kbps, drop_probability=args.drop, seed=args.seed,
+    proxy = LinkProxy((host, int(port)), kbps=args.kbps, drop_probability=args.drop,
+                      corrupt_probability=args.corrupt, spoof_version=args.spoof_version, seed=args.seed,
                       port=args.port, bind="0.0.0.0").start()
+    attacks = "".join([f", flips a byte per artifact piece with probability {args.corrupt:g}" if args.corrupt else "",
+                       f", claims devices run {args.spoof_version}" if args.spoof_version else ""])
     print(f"fota-linkproxy: :{proxy.port} -> {args.target}, {args.kbps or 'unlimited'} kbit/s, "
-          f"drop {args.drop:.4f} per piece", flush=True)
+          f"drop {args.drop:.4f} per piece{attacks}", flush=True)
     while True:
         time.sleep(30)
-        print(f"fota-linkproxy: {proxy.bytes_down} bytes carried down, {proxy.drops} connections dropped", flush=True)
+        print(f"fota-linkproxy: {proxy.bytes_down} bytes carried down, {proxy.drops} connections dropped, "
+              f"{proxy.flipped} bytes flipped", flush=True)
 
 
 if __name__ == "__main__":
