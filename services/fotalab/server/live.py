@@ -6,7 +6,8 @@ with every open dashboard, so:
 - one poller thread per worker process (running while the process has streams) reads what
   changed once per interval: devices seen since its cursor (last_seen moves on every state,
   status and event), events and rollout log entries after their ids, rollouts saved since
-  its cursor; every stream of the process gets that same batch, none queries on its own;
+  its cursor; every stream of the process gets that same batch, encoded once, and none
+  queries or encodes on its own;
 - a stream starts with a full snapshot (fleetview.snapshot), taken after it subscribed, so
   it misses nothing (a change may arrive twice; the page merges by key);
 - streams are capped per worker (config.stream_limit, at most half its threads), so
@@ -77,14 +78,14 @@ class ChangeFeed:
 
 
 class Subscription:
-    """One stream's queue of batches; `ended` says why it must stop ("" while it may go on)."""
+    """One stream's queue of encoded batches; `ended` says why it must stop ("" while it may go on)."""
 
     def __init__(self) -> None:
         self._ready = threading.Condition()
-        self._pending: deque[dict] = deque()
+        self._pending: deque[bytes] = deque()
         self.ended = ""
 
-    def offer(self, batch: dict) -> None:
+    def offer(self, batch: bytes) -> None:
         with self._ready:
             if len(self._pending) >= MAX_PENDING:
                 self.ended = f"the client fell {MAX_PENDING} batches behind"
@@ -97,7 +98,7 @@ class Subscription:
             self.ended = why
             self._ready.notify()
 
-    def next(self, timeout: float) -> dict | None:
+    def next(self, timeout: float) -> bytes | None:
         """The next batch, or None after `timeout` or once ended."""
         with self._ready:
             self._ready.wait_for(lambda: self._pending or self.ended, timeout)
@@ -159,9 +160,10 @@ class LiveHub:
                 log.warning("reading registry changes for the dashboards failed (%s); retrying", exc)
                 continue
             if batch:
+                message = sse("changes", batch)
                 with self._lock:
                     for subscription in self._subscribers:
-                        subscription.offer(batch)
+                        subscription.offer(message)
 
 
 def close_all() -> None:
@@ -187,7 +189,7 @@ class Stream:
             if self._subscription.ended:
                 return
             if batch:
-                yield sse("changes", batch)
+                yield batch
             elif time.monotonic() < deadline:
                 yield b": keep-alive\n\n"
 
