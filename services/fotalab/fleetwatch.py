@@ -58,7 +58,11 @@ class FleetWatcher:
             if kind == "status":
                 self.status[device] = message.payload.decode()
             elif kind == "state":
-                self.states[device] = json.loads(message.payload)
+                # A SIGKILLed broker hands out the retained state of its last autosave again:
+                # by the device's clock, an older state never replaces a newer one.
+                state = json.loads(message.payload)
+                if state.get("ts", 0) >= self.states.get(device, {}).get("ts", 0):
+                    self.states[device] = state
             elif kind == "events":
                 self.events.setdefault(device, []).append(json.loads(message.payload))
             self._changed.notify_all()

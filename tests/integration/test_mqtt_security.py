@@ -1,4 +1,5 @@
-"""The broker's authentication and ACL, as the lab provisions them (real mosquitto)."""
+"""The broker's authentication and ACL, as the lab provisions them (real mosquitto), and what the
+server's watcher makes of the states it hears."""
 import json
 import threading
 import time
@@ -90,3 +91,18 @@ def test_the_server_identity_reaches_a_device(two_devices, broker):
     while not b_inbox and time.monotonic() < deadline:
         time.sleep(0.05)
     assert b_inbox and json.loads(b_inbox[0][1]) == {"cmd": "update"}
+
+
+def test_the_watcher_keeps_a_newer_state_than_a_replayed_retained_one(two_devices, broker):
+    """A SIGKILLed broker restores retained states from its last autosave: the server's view must
+    not go back to such an older state (ordered by the device's clock, as the registry does)."""
+    a, _ = two_devices("dev-a")
+    topic = device_topic("dev-a", "state")
+    with broker.watcher() as server:
+        a.publish(topic, json.dumps({"ts": 200.0, "state": "committed"}), qos=1, retain=True).wait_for_publish(5)
+        server.wait_for(lambda w: w.states.get("dev-a", {}).get("ts") == 200.0, 5, "the newer state")
+        a.publish(topic, json.dumps({"ts": 100.0, "state": "downloading"}), qos=1, retain=True).wait_for_publish(5)
+        a.publish(device_topic("dev-a", "events"), json.dumps({"ts": 300.0, "event": "booted"}),
+                  qos=1).wait_for_publish(5)
+        server.wait_for(lambda w: w.events.get("dev-a"), 5, "the event published after the old state")
+        assert server.states["dev-a"]["state"] == "committed"
