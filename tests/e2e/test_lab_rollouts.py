@@ -68,8 +68,8 @@ def test_rollouts_stop_a_bad_release_at_the_canary_and_survive_restarts(compose_
     assert done["status"] == "completed", done["reason"]
     assert {d["device_id"]: d["status"] for d in done["devices"]} == dict.fromkeys(devices, "committed")
     for device in devices:
-        # the registry and the flash, not the watcher: a SIGKILLed mosquitto hands out the retained
-        # states of its last autosave again, which the registry (ordered by device clock) ignores
+        # the registry and the flash: a SIGKILLed mosquitto hands out the retained states of its
+        # last autosave again, which the registry ignores (ordered by the device's clock)
         assert requests.get(f"{base}/api/v1/devices/{device}", timeout=5).json()["version"] == "2.0.0", device
         flash = compose_lab.inspect_device(device)
         assert flash["running"]["version"] == "2.0.0" and flash["boot"]["confirmed"], device
