@@ -67,3 +67,18 @@ def fleet(compose_lab):
     password = compose_lab.read_file("server", f"/credentials/{SERVER}.password")
     with FleetWatcher("127.0.0.1", int(compose_lab.env["MQTT_PORT"]), username=SERVER, password=password) as watcher:
         yield watcher
+
+
+@pytest.fixture
+def factory_fleet(compose_lab, fleet) -> Callable[..., list[str]]:
+    """Erase devices' flash and wait until they run the factory image 1.0.0 (every device by
+    default): each test starts from a known fleet, whatever the tests before it left."""
+    def reset(devices: list[str] | None = None) -> list[str]:
+        devices = devices or compose_lab.services()
+        for device in devices:
+            compose_lab.reset_flash(device)
+        fleet.wait_for(lambda f: all(f.states.get(d, {}).get("version") == "1.0.0"
+                                     and f.states[d].get("state") == "running" for d in devices), 90,
+                       f"{', '.join(devices)} back on the factory image 1.0.0")
+        return devices
+    return reset

@@ -4,6 +4,7 @@ comes back, and a rollout started from the page reaches the fleet. Screenshots o
 are saved under test-artifacts/screenshots/."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from pathlib import Path
@@ -24,9 +25,7 @@ def browser_problem() -> str | None:
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
     if missing:
         return f"{', '.join(missing)} not installed: apt-get install chromium chromium-driver (scripts/test does)"
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("selenium") is None:
         return "selenium is not installed: pip install -e '.[test]' (scripts/test does)"
     return None
 
@@ -84,17 +83,8 @@ def cell(driver, device: str, field: str):
     return driver.find_element("css selector", f'#fleet tr[data-device="{device}"] [data-field="{field}"]')
 
 
-def factory_fleet(compose_lab, fleet, devices: list[str]) -> None:
-    """Erase the devices' flash (earlier e2e tests leave them updated) and wait for 1.0.0."""
-    for device in devices:
-        compose_lab.reset_flash(device)
-    fleet.wait_for(lambda f: all(f.states.get(d, {}).get("version") == "1.0.0"
-                                 and f.states[d].get("state") == "running" for d in devices), 90,
-                   f"{', '.join(devices)} back on the factory image 1.0.0")
-
-
-def test_progress_bar_moves_while_a_device_downloads_and_it_commits(compose_lab, fleet, dashboard):
-    factory_fleet(compose_lab, fleet, ["device-1"])
+def test_progress_bar_moves_while_a_device_downloads_and_it_commits(factory_fleet, fleet, dashboard):
+    factory_fleet(["device-1"])
     wait_until(dashboard, lambda d: cell(d, "device-1", "version").text == "1.0.0", 30, "device-1 shown on 1.0.0")
     fleet.command(["device-1"], {"cmd": "update"})
     seen: list[float] = []
@@ -136,9 +126,8 @@ def test_killed_device_goes_offline_and_comes_back(compose_lab, dashboard):
     dashboard.save_screenshot(str(SCREENSHOTS / "05-device-back-online.png"))
 
 
-def test_rollout_started_from_the_page_reaches_the_fleet(compose_lab, fleet, dashboard):
-    devices = compose_lab.services()
-    factory_fleet(compose_lab, fleet, devices)
+def test_rollout_started_from_the_page_reaches_the_fleet(compose_lab, factory_fleet, dashboard):
+    devices = factory_fleet()
     start = dashboard.find_element("css selector", "#rollout-start")
     assert dashboard.find_element("css selector", "body").get_attribute("data-auth") == "read-only"
     assert not start.is_enabled(), "without the token the page must not offer to start a rollout"
