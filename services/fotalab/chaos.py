@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import subprocess
 import sys
@@ -230,7 +231,9 @@ class Campaign:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="chaos", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--project", default="fotalab", help="compose project of the running lab")
+    env = os.environ     # the variables `docker compose` itself reads, so the defaults find the same lab
+    parser.add_argument("--project", default=env.get("COMPOSE_PROJECT_NAME") or "fotalab",
+                        help="compose project of the running lab (default: $COMPOSE_PROJECT_NAME, else fotalab)")
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--target", default="2.0.0", help="the release the fleet must end on")
@@ -244,8 +247,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="a converged device picked for a kill is reset to its factory flash instead and "
                              "updated again, so a long campaign keeps hitting every phase")
     parser.add_argument("--settle", type=float, default=180, help="seconds the fleet may take to settle")
-    parser.add_argument("--mqtt-port", type=int, default=1883)
-    parser.add_argument("--server-url", default="http://127.0.0.1:8000")
+    parser.add_argument("--mqtt-port", type=int, default=int(env.get("MQTT_PORT") or 1883),
+                        help="the broker's port on this machine (default: $MQTT_PORT, else 1883)")
+    parser.add_argument("--server-url", default=f"http://127.0.0.1:{env.get('SERVER_PORT') or 8000}",
+                        help="the update server (default: port $SERVER_PORT, else 8000, on this machine)")
     parser.add_argument("--report", type=Path, default=Path("chaos-report.json"))
     args = parser.parse_args(argv)
     lab = ComposeLab(args.project, Path.cwd())

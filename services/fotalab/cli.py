@@ -77,13 +77,21 @@ def render_rollout(rollout: dict) -> str:
     return "\n".join(lines)
 
 
+def release_row(release: dict, default: str) -> dict:
+    """A release with what it costs to download: its image, and each delta from an earlier release."""
+    image = next((a["length"] for a in release.get("artifacts", []) if a["kind"] == "image"), None)
+    deltas = ", ".join(f"{d['length']} from {d['base_version']}" for d in release["deltas"])
+    return {**release, "default": "*" if release["version"] == default else "", "image_bytes": image,
+            "delta_bytes": deltas}
+
+
 def table(rows: list[dict], columns: list[str]) -> str:
     if not rows:
         return "(none)"
     cells = [[("" if row.get(c) is None else str(row.get(c))) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join([fmt.format(*columns), *(fmt.format(*r) for r in cells)])
+    return "\n".join(line.rstrip() for line in [fmt.format(*columns), *(fmt.format(*r) for r in cells)])
 
 
 def watch(api: Api, rollout_id: int, as_json: bool, interval_s: float, out=sys.stdout) -> dict:
@@ -157,8 +165,8 @@ def run(args: argparse.Namespace, api: Api, out=sys.stdout) -> int:
         else (lambda data, text: print(text, file=out)))
     if args.command == "releases":
         found = api.call("GET", "/releases" + (f"?hardware={args.hardware}" if args.hardware else ""))
-        emit(found, table([{**r, "default": "*" if r["version"] == found["default_release"] else ""}
-                           for r in found["releases"]], ["hardware", "version", "behaviour", "default"]))
+        emit(found, table([release_row(r, found["default_release"]) for r in found["releases"]],
+                          ["hardware", "version", "behaviour", "default", "image_bytes", "delta_bytes"]))
     elif args.command == "devices":
         found = api.call("GET", "/devices" + (f"?state={args.state}" if args.state else ""))
         emit(found, table(found["devices"], ["device_id", "hardware", "version", "state", "online",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -124,6 +125,10 @@ def fota(server: locallab.Server, *args: str, token: str = TOKEN) -> subprocess.
 
 def test_fota_command_drives_a_rollout_and_says_what_was_wrong(lab):
     server, devices, ids = lab
+    releases = fota(server, "releases").stdout.splitlines()
+    assert releases[0].split()[-2:] == ["image_bytes", "delta_bytes"]
+    row = next(line for line in releases if " 2.0.0 " in line)
+    assert re.search(r"good\s+\d+\s+\d+ from 1\.0\.0", row), row       # its image and delta sizes
     listed = fota(server, "--json", "devices")
     assert {d["device_id"] for d in json.loads(listed.stdout)["devices"]} >= set(ids)
     unknown = fota(server, "rollout", "create", "2.0.0", "--devices", "nope")

@@ -199,7 +199,8 @@ class UpdateEngine:
             jr.clear(self.flash)
             raise UpdateFailed(f"downloaded {artifact.kind} {artifact.name} is {len(data)} bytes with SHA-256 "
                                f"{digest[:16]}, but the signed manifest says {artifact.length} bytes, "
-                               f"{artifact.sha256[:16]}: discarded; the server holds a bad artifact")
+                               f"{artifact.sha256[:16]}: discarded, the running image is untouched; the server's "
+                               "copy or the link delivered bad bytes (the next update hint downloads it again)")
         self.reporter.event("downloaded", target=job.version, length=artifact.length, resumes=job.resumes)
         return jr.store(self.flash, job.advance(phase="install"))
 
