@@ -218,6 +218,14 @@ class Server:
         wait_until(healthy, 20, "update server")
         return self
 
+    def ingester(self, *, not_pid: int = 0) -> int:
+        """Wait until a worker (other than `not_pid`) ingests MQTT as the server; its pid."""
+        def status() -> dict:
+            return requests.get(f"{self.url}/readyz", timeout=2).json()["checks"].get("ingester") or {}
+        wait_until(lambda: status().get("connected") and status()["pid"] != not_pid, 20,
+                   "the server's MQTT ingester")
+        return status()["pid"]
+
     def stop(self) -> None:
         _stop(self.process)
 

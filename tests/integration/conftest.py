@@ -1,11 +1,15 @@
 """Integration tier: real mosquitto, the real signer and gunicorn server, devices as processes."""
 from __future__ import annotations
 
+import json
+import os
 import shutil
 
+import paho.mqtt.client as mqtt
 import pytest
 
 from fotalab import locallab
+from fotalab.provision import SERVER, Credentials
 
 pytestmark = pytest.mark.integration
 
@@ -30,6 +34,48 @@ def update_server(release_store, tmp_path):
     running = locallab.Server(release_store, tmp_path / "server.log").start()
     yield running
     running.stop()
+
+
+class Publisher:
+    """Publishes as devices would (QoS 1), with the server's identity (allowed on every device topic)."""
+
+    def __init__(self, broker: locallab.Broker) -> None:
+        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"publisher-{os.urandom(3).hex()}")
+        self._client.username_pw_set(SERVER, Credentials(broker.credentials).password(SERVER))
+        self._client.connect("127.0.0.1", broker.port)
+        self._client.loop_start()
+
+    def send(self, device: str, kind: str, payload: dict | str, *, retain: bool = False) -> None:
+        body = payload if isinstance(payload, str) else json.dumps({"device": device, **payload})
+        self._client.publish(f"fota/v1/devices/{device}/{kind}", body, qos=1, retain=retain).wait_for_publish(10)
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
+@pytest.fixture
+def publisher(broker):
+    """Device messages straight onto the broker, without a device."""
+    client = Publisher(broker)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def ingesting_server(release_store, broker, tmp_path):
+    """Starts servers that ingest from the broker (API token in server.env), once their ingester runs."""
+    servers: list[locallab.Server] = []
+
+    def start(workers: int = 3, name: str = "server") -> locallab.Server:
+        server = locallab.Server(release_store, tmp_path / f"{name}.log", workers=workers, broker=broker,
+                                 env={"FOTA_API_TOKEN": "integration-token"}).start()
+        servers.append(server)
+        server.ingester()
+        return server
+    yield start
+    for server in servers:
+        server.stop()
 
 
 @pytest.fixture

@@ -7,64 +7,13 @@ import os
 import signal
 import time
 
-import paho.mqtt.client as mqtt
 import pytest
 import requests
 
 from fotalab import locallab
-from fotalab.provision import SERVER, Credentials
 from server_samples import metric_value
 
 pytestmark = pytest.mark.integration
-TOKEN = "integration-token"
-
-
-class Publisher:
-    """Publishes as devices would (QoS 1), with the server's identity (allowed on every device topic)."""
-
-    def __init__(self, broker: locallab.Broker) -> None:
-        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"publisher-{os.urandom(3).hex()}")
-        self._client.username_pw_set(SERVER, Credentials(broker.credentials).password(SERVER))
-        self._client.connect("127.0.0.1", broker.port)
-        self._client.loop_start()
-
-    def send(self, device: str, kind: str, payload: dict | str, *, retain: bool = False) -> None:
-        body = payload if isinstance(payload, str) else json.dumps({"device": device, **payload})
-        self._client.publish(f"fota/v1/devices/{device}/{kind}", body, qos=1, retain=retain).wait_for_publish(10)
-
-    def close(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
-
-
-@pytest.fixture
-def publisher(broker):
-    client = Publisher(broker)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def ingesting_server(release_store, broker, tmp_path):
-    servers: list[locallab.Server] = []
-
-    def start(workers: int = 3, name: str = "server") -> locallab.Server:
-        server = locallab.Server(release_store, tmp_path / f"{name}.log", workers=workers, broker=broker,
-                                 env={"FOTA_API_TOKEN": TOKEN}).start()
-        servers.append(server)
-        wait_for_ingester(server)
-        return server
-    yield start
-    for server in servers:
-        server.stop()
-
-
-def wait_for_ingester(server: locallab.Server, *, not_pid: int = 0) -> int:
-    def connected() -> bool:
-        ingester = requests.get(f"{server.url}/readyz", timeout=2).json()["checks"].get("ingester") or {}
-        return bool(ingester.get("connected")) and ingester["pid"] != not_pid
-    locallab.wait_until(connected, 20, "the server's MQTT ingester")
-    return requests.get(f"{server.url}/readyz", timeout=2).json()["checks"]["ingester"]["pid"]
 
 
 def history(server: locallab.Server, device: str) -> list[dict]:
@@ -102,11 +51,11 @@ def test_a_killed_ingester_is_replaced_and_queued_events_arrive(ingesting_server
     device = f"takeover-{tmp_path.name}"[-40:]
     publisher.send(device, "events", {"ts": 1.0, "event": "update_started"})
     wait_for_events(server, device, 1)
-    ingester = wait_for_ingester(server)
+    ingester = server.ingester()
     os.kill(ingester, signal.SIGKILL)
     for n in range(5):                                       # while no one ingests: queued by the broker
         publisher.send(device, "events", {"ts": 2.0 + n, "event": "retry", "attempt": n})
-    successor = wait_for_ingester(server, not_pid=ingester)
+    successor = server.ingester(not_pid=ingester)
     events = wait_for_events(server, device, 6)
     assert successor != ingester
     assert [e["event"] for e in events] == ["update_started"] + ["retry"] * 5
@@ -126,7 +75,7 @@ def test_restart_loses_nothing_and_catches_up_from_retained_state(ingesting_serv
     publisher.send(device, "state", {"ts": 3.0, "state": "committed", "version": "2.0.0"}, retain=True)
     publisher.send(device, "status", "online", retain=True)
     server.start()
-    wait_for_ingester(server)
+    server.ingester()
 
     events = wait_for_events(server, device, 3)
     assert [e["event"] for e in events] == ["update_started", "downloaded", "committed"]
@@ -150,7 +99,7 @@ def test_assignment_made_over_the_api_reaches_the_manifest(ingesting_server, pub
     locallab.wait_until(lambda: requests.get(f"{server.url}/api/v1/devices/{device}", timeout=5).ok, 20, "device")
     url = f"{server.url}/api/v1/devices/{device}/assignment"
     assert requests.put(url, json={"version": "2.1.0"}, timeout=5).status_code == 401
-    assert requests.put(url, json={"version": "2.1.0"}, headers={"Authorization": f"Bearer {TOKEN}"},
+    assert requests.put(url, json={"version": "2.1.0"}, headers={"Authorization": f"Bearer {server.env['FOTA_API_TOKEN']}"},
                         timeout=5).json() == {"version": "2.1.0", "source": "device"}
     offer = requests.get(f"{server.url}/api/v1/manifest", timeout=5, params={
         "device": device, "hardware": "fotalab-m4", "version": "1.0.0", "image": factory}).json()

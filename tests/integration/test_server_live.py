@@ -10,19 +10,12 @@ import time
 import pytest
 import requests
 
-from fotalab import locallab
-from test_server_ingest import TOKEN, Publisher, wait_for_ingester
-
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def live_server(release_store, broker, tmp_path):
-    server = locallab.Server(release_store, tmp_path / "server.log", workers=2, broker=broker,
-                             env={"FOTA_API_TOKEN": TOKEN}).start()
-    wait_for_ingester(server)
-    yield server
-    server.stop()
+def live_server(ingesting_server):
+    return ingesting_server(workers=2)
 
 
 def stream_messages(response: requests.Response):
@@ -38,26 +31,22 @@ def stream_messages(response: requests.Response):
             event, data = "", ""
 
 
-def test_stream_shows_a_state_ingested_from_the_broker(live_server, broker):
-    publisher = Publisher(broker)
-    try:
-        with requests.get(f"{live_server.url}/api/v1/stream", stream=True, timeout=10) as response:
-            assert response.status_code == 200
-            assert response.headers["Content-Type"].startswith("text/event-stream")
-            messages = stream_messages(response)
-            event, snapshot = next(messages)
-            assert event == "snapshot" and all(d["device_id"] != "live-1" for d in snapshot["devices"])
-            publisher.send("live-1", "state", {"ts": time.time(), "state": "downloading", "version": "1.0.0",
-                                               "slot": "a", "progress": 0.25})
-            deadline = time.monotonic() + 10
-            for event, data in messages:
-                seen = {d["device_id"]: d for d in data.get("devices", [])}
-                if "live-1" in seen:
-                    assert (seen["live-1"]["state"], seen["live-1"]["progress"]) == ("downloading", 0.25)
-                    break
-                assert time.monotonic() < deadline, "the ingested state did not reach the stream in 10 s"
-    finally:
-        publisher.close()
+def test_stream_shows_a_state_ingested_from_the_broker(live_server, publisher):
+    with requests.get(f"{live_server.url}/api/v1/stream", stream=True, timeout=10) as response:
+        assert response.status_code == 200
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        messages = stream_messages(response)
+        event, snapshot = next(messages)
+        assert event == "snapshot" and all(d["device_id"] != "live-1" for d in snapshot["devices"])
+        publisher.send("live-1", "state", {"ts": time.time(), "state": "downloading", "version": "1.0.0",
+                                           "slot": "a", "progress": 0.25})
+        deadline = time.monotonic() + 10
+        for event, data in messages:
+            seen = {d["device_id"]: d for d in data.get("devices", [])}
+            if "live-1" in seen:
+                assert (seen["live-1"]["state"], seen["live-1"]["progress"]) == ("downloading", 0.25)
+                break
+            assert time.monotonic() < deadline, "the ingested state did not reach the stream in 10 s"
 
 
 def test_server_stops_promptly_with_open_streams(live_server):
