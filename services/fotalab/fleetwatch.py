@@ -73,8 +73,9 @@ class FleetWatcher:
             while not predicate(self):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise TimeoutError(f"waited {timeout:.0f} s for {what}; last states: "
-                                       f"{json.dumps(self.states, indent=1)[:3000]}")
+                    newest = dict(sorted(self.states.items(), key=lambda kv: -kv[1].get("ts", 0)))
+                    raise TimeoutError(f"waited {timeout:.0f} s for {what}; last states, newest first: "
+                                       f"{json.dumps(newest, indent=1)[:3000]}")
                 self._changed.wait(min(remaining, 1.0))
 
     def command(self, devices: list[str] | None, command: dict) -> None:

@@ -250,9 +250,14 @@ class Device:
                 "FOTA_RESET_DELAY_S": "0.2", "FOTA_TRIAL_SOAK_S": "0", "FOTA_WATCHDOG_S": "10",
                 **self.env}
 
+    @property
+    def log(self) -> Path:
+        """Everything the device's processes printed, across power cuts."""
+        return self.flash_dir.parent / f"{self.device_id}.log"
+
     def start(self, **extra_env: str) -> "Device":
         self.broker.enroll(self.device_id)
-        log = (self.flash_dir.parent / f"{self.device_id}.log").open("ab")
+        log = self.log.open("ab")
         self.process = subprocess.Popen([sys.executable, "-m", "fotalab.device.main", "run"],
                                         env={**self.environment(), **extra_env}, stdout=log,
                                         stderr=subprocess.STDOUT, start_new_session=True)

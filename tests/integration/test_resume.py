@@ -24,15 +24,19 @@ def test_repeated_cuts_mid_download_refetch_at_most_a_chunk_each(make_device, fl
     fleet.wait_for(lambda f: f.states.get(device.device_id, {}).get("state") == "running", 30, "first boot")
     fleet.command([device.device_id], {"cmd": "update"})
     cuts, offsets = 0, []
-    while cuts < 3:
-        fleet.wait_for(lambda f: f.states.get(device.device_id, {}).get("state") == "downloading"
-                       and f.states[device.device_id]["offset"] not in offsets, 60, "download progress")
-        offsets.append(fleet.states[device.device_id]["offset"])
-        time.sleep(0.3)          # cut somewhere inside the next chunk
-        device.power_cut()
-        cuts += 1
-        device.start()
-    fleet.wait_for(lambda f: f.states.get(device.device_id, {}).get("state") == "committed", 120, "commit")
+    try:
+        while cuts < 3:
+            fleet.wait_for(lambda f: f.states.get(device.device_id, {}).get("state") == "downloading"
+                           and f.states[device.device_id]["offset"] not in offsets, 60, "download progress")
+            offsets.append(fleet.states[device.device_id]["offset"])
+            time.sleep(0.3)          # cut somewhere inside the next chunk
+            device.power_cut()
+            cuts += 1
+            device.start()
+        fleet.wait_for(lambda f: f.states.get(device.device_id, {}).get("state") == "committed", 120, "commit")
+    except TimeoutError as exc:
+        raise AssertionError(f"after {cuts} cuts at offsets {offsets}: {exc}\n--- the device's log ---\n"
+                             f"{device.log.read_text()[-6000:]}") from None
     flash = device.inspect()
     assert flash["running"]["version"] == "2.0.0" and flash["running"]["verified"]
     artifact = next(e for e in fleet.events[device.device_id] if e["event"] == "update_started")["length"]

@@ -30,6 +30,10 @@ from .transport import HttpTransport
 log = logging.getLogger("fotalab.device")
 CRASH_EXIT = 1
 REBOOT_EXIT = 3
+# A new MQTT session has no subscription until the broker has the device's SUBSCRIBE, and paho
+# may send a publish between CONNECT and CONNACK, before it: a hint answering that first report
+# would be dropped. So the boot is reported once connected (or after this long without a broker).
+FIRST_REPORT_WAIT_S = 5.0
 
 
 def kick_watchdog_forever(fd: int) -> None:
@@ -96,6 +100,7 @@ def run(config: DeviceConfig, flash: Flash, plan: BootPlan, verifier: Verifier, 
     link = MqttLink(config.device_id, config.mqtt_host, config.mqtt_port, on_command=commands.put,
                     describe=describe, username=config.mqtt_username, password=config.mqtt_password)
     link.start()
+    link.connected.wait(FIRST_REPORT_WAIT_S)
     engine = UpdateEngine(
         EngineConfig(config.device_id, config.hardware, chunk_size=config.chunk_size),
         flash, running, verifier,
