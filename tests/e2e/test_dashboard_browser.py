@@ -31,13 +31,9 @@ def browser_problem() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def chromium() -> Iterator[object]:
+def chromium(require) -> Iterator[object]:
     """Headless Chromium at 1400x1000, driven through Debian's chromedriver (never downloaded)."""
-    problem = browser_problem()
-    if problem:
-        if os.environ.get("FOTA_REQUIRE_DOCKER") == "1":
-            pytest.fail(f"FOTA_REQUIRE_DOCKER=1 but {problem}")
-        pytest.skip(problem)
+    require(browser_problem())
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 

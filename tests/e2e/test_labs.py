@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from fotalab.composelab import ComposeLab, docker_problem
+from fotalab.composelab import ComposeLab
 from fotalab.locallab import free_port
 from labpages import REPO, Block, blocks, first_missing, pages
 
@@ -35,12 +35,7 @@ def student_environment(project: str, tmp: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def labs_lab():
-    problem = docker_problem()
-    if problem:
-        if os.environ.get("FOTA_REQUIRE_DOCKER") == "1":
-            pytest.fail(f"FOTA_REQUIRE_DOCKER=1 but {problem}")
-        pytest.skip(f"e2e needs Docker: {problem}")
+def labs_lab(docker_engine):
     project = f"fotalab-labs-{uuid.uuid4().hex[:6]}"
     saved = ARTIFACTS / project
     (saved / "tmp").mkdir(parents=True)
