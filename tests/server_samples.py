@@ -9,8 +9,13 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from a2wsgi import ASGIMiddleware
+from flask import Flask
+from werkzeug.test import Client
+
 from fotalab.server.app import create_app
 from fotalab.server.config import ServerConfig
+from fotalab.server.gateway import asgi_app
 from fotalab.server.main import prepare
 
 TOKEN = "test-token-0123456789"
@@ -64,6 +69,12 @@ def make_app(tmp_path: Path, store: Store, **settings):
     """The Flask app over `store`, with a prepared data dir and the test token."""
     config = prepare(ServerConfig(releases_dir=store.root, data_dir=tmp_path / "data", api_token=TOKEN, **settings))
     return create_app(config)
+
+
+def http_client(app: Flask) -> Client:
+    """A test client of the whole server app as gunicorn serves it (gateway.asgi_app: the
+    downloads, then Flask), minus the sockets."""
+    return Client(ASGIMiddleware(asgi_app(app, threads=4)))
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:

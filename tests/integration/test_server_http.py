@@ -1,5 +1,6 @@
-"""The real server under gunicorn: sendfile ranges, metrics over several workers, one JSON log
-line per request, and slow downloads that outlast the worker timeout."""
+"""The real server under gunicorn: byte-exact ranges, metrics over several workers, one JSON log
+line per request, slow downloads that outlast the worker timeout and hold no thread, and
+clients that hang up (a download stops, a dashboard stream gives its place back)."""
 from __future__ import annotations
 
 import hashlib
@@ -50,7 +51,7 @@ def test_downloads_are_exact_counted_and_logged(store, tmp_path):
 
         def metric(name: str, **labels: str) -> float:
             return metric_value(requests.get(f"{server.url}/metrics", timeout=5).text, name, **labels)
-        # a body is counted when gunicorn closes it, just after the client has its last byte
+        # a download is counted once its last block is handed to gunicorn
         locallab.wait_until(lambda: metric("fotalab_artifact_downloads_in_flight") == 0, 5, "downloads closed")
         assert metric("fotalab_artifact_bytes_sent_total", kind="image") == 7 * len(data)
         assert metric("fotalab_artifact_downloads_total", kind="image") == 9
@@ -84,11 +85,10 @@ def slow_download(port: int, path: str, rate: float) -> tuple[bytes, float]:
 def test_slow_downloads_outlast_the_worker_timeout_without_killing_workers(tmp_path):
     store = make_store(tmp_path / "store", image_size=12 << 20)   # more than loopback's socket buffers hold
     sha = store.images[("m4", "1.0.0")]
-    # no more clients than one worker has threads: a gthread worker may accept every connection and
-    # queue what its threads cannot take yet, and a queued transfer would not outlast the timeout
-    timeout_s, clients = 2, 12
+    # far more transfers than the workers have threads: a download is served on the event loop
+    timeout_s, clients = 2, 24
     server = locallab.Server(store.root, tmp_path / "server.log", workers=2,
-                             env={"FOTA_API_TOKEN": "t", "FOTA_SERVER_THREADS": "16",
+                             env={"FOTA_API_TOKEN": "t", "FOTA_SERVER_THREADS": "2",
                                   "FOTA_SERVER_TIMEOUT": str(timeout_s)}).start()
     try:
         locallab.wait_until(lambda: len(worker_pids(server)) == 2, 10, "both workers")
@@ -103,5 +103,46 @@ def test_slow_downloads_outlast_the_worker_timeout_without_killing_workers(tmp_p
         assert len(served) == clients and min(line["duration_ms"] for line in served) > 1000 * timeout_s
         assert "WORKER TIMEOUT" not in server.log.read_text()
         assert worker_pids(server) == before
+    finally:
+        server.stop()
+
+
+def test_a_download_stops_when_its_client_hangs_up(tmp_path):
+    store = make_store(tmp_path / "store", image_size=12 << 20)
+    sha = store.images[("m4", "1.0.0")]
+    server = locallab.Server(store.root, tmp_path / "server.log", workers=1, env={"FOTA_API_TOKEN": "t"}).start()
+    try:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+            sock.connect(("127.0.0.1", server.port))
+            sock.sendall(f"GET /artifacts/{sha} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+
+        def metric(name: str, **labels: str) -> float:
+            return metric_value(requests.get(f"{server.url}/metrics", timeout=5).text, name, **labels)
+        locallab.wait_until(lambda: metric("fotalab_artifact_downloads_in_flight") == 0, 10, "the download to end")
+        # a block or two was handed over before the hang-up; the rest of the 12 MiB was never read
+        assert 0 < metric("fotalab_artifact_bytes_sent_total", kind="image") <= 4 << 20
+    finally:
+        server.stop()
+
+
+def test_a_closed_dashboard_gives_its_stream_place_back_at_once(store, tmp_path):
+    server = locallab.Server(store.root, tmp_path / "server.log", workers=1,
+                             env={"FOTA_API_TOKEN": "t", "FOTA_SERVER_THREADS": "4", "FOTA_SERVER_STREAMS": "1"}).start()
+    url = f"{server.url}/api/v1/stream"
+    try:
+        first = requests.get(url, stream=True, timeout=10)
+        lines = first.iter_lines()      # kept: urllib3 closes the connection when this generator is dropped
+        assert first.status_code == 200 and next(lines).startswith(b"retry:")
+        assert requests.get(url, timeout=5).status_code == 503          # the worker's one place is taken
+        first.close()
+        # taken back on the hang-up, not at the stream's next keep-alive write (15 s)
+        deadline = time.monotonic() + 3
+        while (second := requests.get(url, stream=True, timeout=5)).status_code != 200:
+            second.close()
+            assert time.monotonic() < deadline, "the closed stream still holds its place after 3 s"
+            time.sleep(0.1)
+        second.close()
     finally:
         server.stop()

@@ -10,7 +10,7 @@ from fotalab.delta import best_delta
 from fotalab.manifest import ArtifactRef, DeltaRef, Manifest, sign_manifest
 
 from device_harness import EXPIRES, FakeServer, sha
-from server_samples import make_app, make_store
+from server_samples import http_client, make_app, make_store
 from samples import edit, make_image, make_payload
 
 
@@ -60,4 +60,4 @@ def app(tmp_path, store):
 
 @pytest.fixture
 def client(app):
-    return app.test_client()
+    return http_client(app)

@@ -1,5 +1,6 @@
 """GET /api/v1/stream: a snapshot first, then the registry's changes from the worker's one
-poller; capped per worker; ends by itself and at once when the worker stops."""
+poller; capped per worker; ends by itself, and at once when the worker stops or the client
+hangs up."""
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ import time
 import pytest
 
 from fotalab.server import ingest
+from fotalab.server.live import Hangup, Subscription
 from server_samples import make_app
 
 
@@ -110,3 +112,14 @@ def test_closing_the_hub_ends_open_streams_at_once_and_refuses_new_ones(live_app
     assert list(reader) == [] and time.monotonic() - started < 1
     assert live_app.test_client().get("/api/v1/stream").status_code == 503
     response.close()
+
+
+@pytest.mark.parametrize("order", ["tied, then hung up", "hung up, then tied"])
+def test_a_hangup_ends_its_stream_at_once_whenever_it_comes(order):
+    subscription, hangup = Subscription(), Hangup()
+    steps = [lambda: hangup.tie(subscription), hangup.set]
+    for step in steps if order.startswith("tied") else reversed(steps):
+        step()
+    started = time.monotonic()
+    assert subscription.next(timeout=5) is None and time.monotonic() - started < 1
+    assert subscription.ended == "the client went away"

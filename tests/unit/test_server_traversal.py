@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from server_samples import make_app, make_store
+from server_samples import http_client, make_app, make_store
 
 SECRET = b"the private key lives here"
 
@@ -43,7 +43,7 @@ def test_a_symlink_in_the_store_is_not_indexed(tmp_path, store):
     target.unlink()
     target.symlink_to(outside)
     app = make_app(tmp_path, store)
-    client = app.test_client()
+    client = http_client(app)
     assert client.get(f"/artifacts/{sha}").status_code == 404
     assert client.get("/updates/v3.bin").status_code == 404
     ready = client.get("/readyz").json
@@ -51,7 +51,7 @@ def test_a_symlink_in_the_store_is_not_indexed(tmp_path, store):
 
 
 def test_a_symlink_planted_after_indexing_is_not_followed(tmp_path, store):
-    client = make_app(tmp_path, store).test_client()
+    client = http_client(make_app(tmp_path, store))
     outside = tmp_path / "outside.bin"
     sha = store.images[("m4", "3.0.0")]
     outside.write_bytes(b"x" * len(store.data[sha]))        # same length, so only O_NOFOLLOW stops it
@@ -67,5 +67,5 @@ def test_a_file_that_does_not_match_its_hash_is_not_indexed(tmp_path, store):
     sha = store.images[("m4", "3.0.0")]
     path = store.root / "artifacts" / sha
     path.write_bytes(b"\0" * path.stat().st_size)
-    client = make_app(tmp_path, store).test_client()
+    client = http_client(make_app(tmp_path, store))
     assert client.get(f"/artifacts/{sha}").status_code == 404

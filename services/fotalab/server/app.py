@@ -1,5 +1,5 @@
-"""The update server's Flask application factory: operations endpoints, the API, the live
-dashboard (dashboard.py) and the artifact downloads (downloads.py, in front of Flask).
+"""The update server's Flask application factory: operations endpoints, the API and the live
+dashboard (dashboard.py). gateway.py puts it behind the artifact downloads (downloads.py).
 
 Every error is JSON {"error": <what was wrong and what to do>, "status": <code>}; an
 unexpected exception is logged with its traceback and answered without it.
@@ -18,7 +18,6 @@ from .api import Services, api_blueprint
 from .artifacts import LiveIndex
 from .config import ServerConfig
 from .dashboard import dashboard_blueprint
-from .downloads import Downloads
 from .live import LiveHub
 from .registry import Registry
 
@@ -34,7 +33,7 @@ def broker_problem(config: ServerConfig, timeout_s: float = 1.0) -> str | None:
 
 
 def create_app(config: ServerConfig) -> Flask:
-    """The WSGI app; the data dir must be prepared (main.prepare) and the token set."""
+    """The Flask app; the data dir must be prepared (main.prepare) and the token set."""
     if not config.api_token:
         raise ValueError("ServerConfig.api_token is empty: main.prepare() loads or generates it")
     app = Flask("fotalab.server")
@@ -48,7 +47,10 @@ def create_app(config: ServerConfig) -> Flask:
 
     @app.before_request
     def label_route():
-        request.environ["fotalab.route"] = request.endpoint or "unmatched"
+        """The route label of the request log and metrics (logs.RequestLog reads the ASGI scope)."""
+        scope = request.environ.get("asgi.scope")
+        if scope is not None:
+            scope["fotalab.route"] = request.endpoint or "unmatched"
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
@@ -103,5 +105,4 @@ def create_app(config: ServerConfig) -> Flask:
             abort(404, f"no artifact for {name[:80]!r}: ask for <artifact stem>.sha256, e.g. v2.sha256")
         return Response(f"{found.sha256}  {found.names[-1]}\n", mimetype="text/plain")
 
-    app.wsgi_app = Downloads(app.wsgi_app, services.index)
     return app

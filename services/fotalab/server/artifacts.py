@@ -115,8 +115,17 @@ class LiveIndex:
         info = (self.root / "index.json").stat()
         return info.st_ino, info.st_size, info.st_mtime_ns
 
+    @property
+    def current(self) -> ReleaseIndex:
+        """The index as last loaded, without checking for a new one."""
+        return self._index
+
+    def due(self) -> bool:
+        """Whether get() would look for a new index.json (and may hash a whole store)."""
+        return time.monotonic() - self._checked >= self._check_every
+
     def get(self) -> ReleaseIndex:
-        if time.monotonic() - self._checked < self._check_every:
+        if not self.due():
             return self._index
         with self._lock:
             self._checked = time.monotonic()

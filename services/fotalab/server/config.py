@@ -20,8 +20,8 @@ class ServerConfig:
     default_release: str = "2.0.0"     # what a device is offered when nothing else is assigned
     bind: str = "0.0.0.0:8000"
     workers: int = 2
-    threads: int = 32                  # each download in progress holds one thread, however slow the link
-    timeout: int = 30                  # gunicorn worker heartbeat timeout (s); gthread keeps beating during transfers
+    threads: int = 32                  # Flask requests at once per worker (API, dashboard); downloads take none
+    timeout: int = 30                  # gunicorn worker heartbeat timeout (s); the event loop beats during transfers
     keepalive: int = 5
     mqtt_host: str = ""                # empty: no MQTT ingestion (registry then only holds assignments)
     mqtt_port: int = 1883
@@ -39,7 +39,7 @@ class ServerConfig:
 
     @property
     def stream_limit(self) -> int:
-        """Streams per worker, at most half its threads: dashboards never starve downloads."""
+        """Streams per worker, at most half its threads: dashboards never starve the API."""
         return min(self.streams, self.threads // 2)
 
     @property

@@ -13,10 +13,11 @@ from flask import Blueprint, Flask, Response, abort, jsonify, request, send_from
 from . import charts
 from .api import Services
 from .fleetview import snapshot
-from .live import Stream
+from .live import HANGUP, Stream
 
 MAX_HOURS = 7 * 24
 BUSY_RETRY_S = 30               # when a worker's streams are all taken
+STREAM_PATH = "/api/v1/stream"
 
 
 def dashboard_blueprint(app: Flask, services: Services) -> Blueprint:
@@ -44,7 +45,7 @@ def dashboard_blueprint(app: Flask, services: Services) -> Blueprint:
             abort(404, f"no rollout {rollout_id}: GET /api/v1/rollouts lists them")
         return jsonify(charts.charts(registry, services.index.get(), hours=hours, rollout_id=rollout_id))
 
-    @page.get("/api/v1/stream")
+    @page.get(STREAM_PATH)
     def stream():
         subscription = hub.subscribe()
         if subscription is None:
@@ -60,6 +61,9 @@ def dashboard_blueprint(app: Flask, services: Services) -> Blueprint:
         except BaseException:
             hub.unsubscribe(subscription)
             raise
+        hangup = (request.environ.get("asgi.scope") or {}).get(HANGUP)
+        if hangup is not None:
+            hangup.tie(subscription)
         body = Stream(hub, subscription, first, stream_s=services.config.stream_s)
         return Response(body, mimetype="text/event-stream",
                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -1,9 +1,8 @@
 """Artifact downloads: GET/HEAD /artifacts/<sha256> and the seed's /updates/<name>.
 
-Answered by this thin WSGI layer in front of Flask, because downloads are the server's hot
-path: measured on loopback (2 cores, 64 clients, 1 MiB), going through Flask cost about
-130 us more CPU per request (450 against 320 us of user time; gunicorn alone needs about
-160 us). Everything else goes to the Flask app.
+Answered by this ASGI layer on the worker's event loop, in front of Flask (gateway.py says
+why): a download is the server's hot path, and here it costs no thread, no hand-off between
+threads and no trip through Flask. Everything else goes to the next app.
 
 Semantics (RFC 9110): a strong ETag equal to the SHA-256 and immutable caching; one byte
 range answered with 206 and Content-Range; If-Range honoured by strong comparison (a weak
@@ -11,34 +10,40 @@ tag or a date never matches: the client gets the whole artifact rather than byte
 onto another file); If-None-Match (weak comparison) gives 304; If-Match mismatch 412;
 multi-range, malformed or unsatisfiable ranges 416 with Content-Range: bytes */length.
 
-The body is the open file positioned at the range start: gunicorn sends it with sendfile(2)
-from that offset (Werkzeug's own range response reads and discards up to the start, about
-3x slower, DESIGN.md section 5), so no request reads a file into memory. The file is opened
-with O_NOFOLLOW and checked against the index again, so a symlink planted after the index
-was loaded is never followed.
+The body is read with pread(2) from the range start in CHUNK blocks, each handed to the
+server once the previous one has left (gunicorn's flow control: a slow link holds at most
+about two blocks of memory, never the file). A download stops as soon as its client is gone.
+The file is opened with O_NOFOLLOW and checked against the index again, so a symlink planted
+after the index was loaded is never followed; a file that shrinks under a download ends it
+short, and gunicorn closes the connection, so the client resumes instead of trusting it.
 """
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
 import os
 import re
 import stat
-from typing import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Awaitable, Callable, MutableMapping
 
 from . import metrics
-from .artifacts import SHA256, Artifact, LiveIndex
+from .artifacts import SHA256, Artifact, LiveIndex, ReleaseIndex
 
 log = logging.getLogger("fotalab.server.downloads")
 
-CHUNK = 64 * 1024
-IMMUTABLE = "public, max-age=31536000, immutable"
+CHUNK = 1024 * 1024
+IMMUTABLE = b"public, max-age=31536000, immutable"
 _RANGE = re.compile(r"bytes=(\d{0,18})-(\d{0,18})", re.ASCII | re.IGNORECASE)
-_REASONS = {200: "200 OK", 206: "206 Partial Content", 304: "304 Not Modified", 400: "400 Bad Request",
-            404: "404 Not Found", 405: "405 Method Not Allowed", 412: "412 Precondition Failed",
-            416: "416 Range Not Satisfiable", 503: "503 Service Unavailable"}
-StartResponse = Callable[..., object]
+Scope = MutableMapping[str, object]
+Receive = Callable[[], Awaitable[dict]]
+Send = Callable[[dict], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
+# request headers the answer depends on, as ASGI names them (lowercase bytes)
+_CONDITIONS = {b"range": "range", b"if-range": "if_range", b"if-match": "if_match", b"if-none-match": "if_none_match"}
 
 
 class RangeNotSatisfiable(ValueError):
@@ -81,58 +86,8 @@ def etag_listed(header: str, etag: str, *, weak_ok: bool) -> bool:
     return False
 
 
-class Body(io.FileIO):
-    """The artifact file handed to gunicorn, limited to [start, stop).
-
-    It tracks how far it was sent: socket.sendfile() leaves the file position at the end of
-    what it sent (documented, also on error), and the non-sendfile path reads it, so `sent`
-    is what the client was given. Closing it (gunicorn does after the response) reports that.
-    """
-
-    def __init__(self, fd: int, start: int, stop: int, on_close: Callable[[int], None]) -> None:
-        super().__init__(fd, "rb", closefd=True)
-        self._start, self._stop, self._high, self._on_close = start, stop, start, on_close
-        self.seek(start)
-
-    @property
-    def sent(self) -> int:
-        return min(self._high, self._stop) - self._start
-
-    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
-        position = super().seek(pos, whence)
-        self._high = max(self._high, position)
-        return position
-
-    def read(self, size: int | None = -1) -> bytes:
-        remaining = max(0, self._stop - self.tell())
-        data = super().read(remaining if size is None or size < 0 else min(size, remaining))
-        self._high = max(self._high, self.tell())
-        return data
-
-    def close(self) -> None:
-        if not self.closed:
-            on_close, self._on_close = self._on_close, None
-            super().close()
-            if on_close:
-                on_close(self.sent)
-
-
-class _Blocks:
-    """Without a server file wrapper (e.g. Werkzeug's test client): the same body, in blocks."""
-
-    def __init__(self, body: Body, block: int) -> None:
-        self._body, self._block = body, block
-
-    def __iter__(self) -> Iterator[bytes]:
-        while data := self._body.read(self._block):
-            yield data
-
-    def close(self) -> None:
-        self._body.close()
-
-
-def _open_checked(artifact: Artifact) -> int | None:
-    """A descriptor of the artifact's file if it is still the regular file that was indexed."""
+def _open_checked(artifact: Artifact) -> io.FileIO | None:
+    """The artifact's file if it is still the regular file that was indexed."""
     try:
         fd = os.open(artifact.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
@@ -141,85 +96,162 @@ def _open_checked(artifact: Artifact) -> int | None:
     if not stat.S_ISREG(info.st_mode) or info.st_size != artifact.length:
         os.close(fd)
         return None
-    return fd
+    return io.FileIO(fd, "rb")
 
 
-class Downloads:
-    """WSGI middleware: artifact downloads here, every other request to `app`."""
+class OpenFiles:
+    """The checked, open files of one index's artifacts, shared by all their downloads (pread
+    needs no file position): one open and check per artifact, not per request. A file is
+    closed when the index it belongs to is replaced and its last download has let go of it."""
 
-    def __init__(self, app: Callable, index: LiveIndex) -> None:
-        self._app, self._index = app, index
+    def __init__(self) -> None:
+        self._index: ReleaseIndex | None = None
+        self._files: dict[str, io.FileIO] = {}
 
-    def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "")
-        if path.startswith("/artifacts/"):
-            environ["fotalab.route"] = "artifact"
-            return self._artifact(environ, start_response, path[len("/artifacts/"):], by_name=False)
-        if path.startswith("/updates/"):
-            environ["fotalab.route"] = "update_by_name"
-            return self._artifact(environ, start_response, path[len("/updates/"):], by_name=True)
-        return self._app(environ, start_response)
+    def get(self, index: ReleaseIndex, artifact: Artifact) -> io.FileIO | None:
+        if index is not self._index:
+            self._index, self._files = index, {}
+        file = self._files.get(artifact.sha256)
+        if file is None and (file := _open_checked(artifact)) is not None:
+            self._files[artifact.sha256] = file
+        return file
 
-    def _artifact(self, environ: dict, start_response: StartResponse, key: str, *, by_name: bool) -> Iterable[bytes]:
-        method = environ.get("REQUEST_METHOD", "GET")
-        if method not in ("GET", "HEAD"):
-            return _error(start_response, 405, f"{method} is not allowed here: artifacts are read-only (GET, HEAD)",
-                          [("Allow", "GET, HEAD")])
-        index = self._index.get()
-        if by_name:
-            found = index.by_name.get(key)
-            if found is None:
-                return _error(start_response, 404, f"no artifact named {key[:80]!r}: list them at /api/v1/releases")
-        else:
-            if not SHA256.fullmatch(key):
-                return _error(start_response, 400, f"{key[:80]!r} is not a SHA-256: artifacts are named by "
-                                                    "64 lowercase hex digits")
-            found = index.by_sha.get(key)
-            if found is None:
-                return _error(start_response, 404, f"no artifact with SHA-256 {key}: list them at /api/v1/releases")
-        return send_artifact(environ, start_response, found)
+    def forget(self, artifact: Artifact) -> None:
+        """The file changed under a download: check it again on the next request."""
+        self._files.pop(artifact.sha256, None)
 
 
-def _error(start_response: StartResponse, status: int, message: str,
-           headers: list[tuple[str, str]] = ()) -> list[bytes]:
+@dataclass(frozen=True)
+class Answer:
+    """What to answer for one artifact request: the status and headers, then either `body`
+    (errors, 304, HEAD) or the artifact's bytes [start, stop)."""
+    status: int
+    headers: Headers
+    body: bytes = b""
+    start: int = 0
+    stop: int = 0
+
+
+def error(status: int, message: str, headers: Headers = ()) -> Answer:
     body = json.dumps({"error": message, "status": status}).encode()
-    start_response(_REASONS[status], [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-                                      *headers])
-    return [body]
+    return Answer(status, [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
+                           *headers], body)
 
 
-def send_artifact(environ: dict, start_response: StartResponse, artifact: Artifact) -> Iterable[bytes]:
+def answer(method: str, conditions: dict[str, str], artifact: Artifact) -> Answer:
+    """The response to GET/HEAD of `artifact` under the request's conditional and Range
+    headers (RFC 9110 sections 13 and 14); pure, so every case is unit-testable."""
     etag = f'"{artifact.sha256}"'
-    headers = [("ETag", etag), ("Accept-Ranges", "bytes"), ("Cache-Control", IMMUTABLE)]
-    if_match = environ.get("HTTP_IF_MATCH")
+    headers = [(b"etag", etag.encode()), (b"accept-ranges", b"bytes"), (b"cache-control", IMMUTABLE)]
+    if_match = conditions.get("if_match")
     if if_match is not None and not etag_listed(if_match, etag, weak_ok=False):
-        return _error(start_response, 412, f"If-Match does not name this artifact's ETag {etag}", headers)
-    if_none_match = environ.get("HTTP_IF_NONE_MATCH")
+        return error(412, f"If-Match does not name this artifact's ETag {etag}", headers)
+    if_none_match = conditions.get("if_none_match")
     if if_none_match is not None and etag_listed(if_none_match, etag, weak_ok=True):
-        start_response(_REASONS[304], headers)
-        return []
+        return Answer(304, headers)
     start, stop, status = 0, artifact.length, 200
-    range_header, if_range = environ.get("HTTP_RANGE"), environ.get("HTTP_IF_RANGE")
+    range_header, if_range = conditions.get("range"), conditions.get("if_range")
     if range_header is not None and (if_range is None or if_range.strip() == etag):
         try:
             start, stop = parse_range(range_header, artifact.length)
         except RangeNotSatisfiable as exc:
-            return _error(start_response, 416, f"range not satisfiable: {exc}",
-                          [*headers, ("Content-Range", f"bytes */{artifact.length}")])
+            return error(416, f"range not satisfiable: {exc}",
+                         [*headers, (b"content-range", b"bytes */%d" % artifact.length)])
         status = 206
-        headers.append(("Content-Range", f"bytes {start}-{stop - 1}/{artifact.length}"))
-    headers += [("Content-Type", "application/octet-stream"), ("Content-Length", str(stop - start))]
-    if environ.get("REQUEST_METHOD") == "HEAD":
-        start_response(_REASONS[status], headers)
-        return []
-    fd = _open_checked(artifact)
-    if fd is None:
-        log.error("artifact %s changed on disk since it was indexed; not serving it", artifact.sha256)
-        return _error(start_response, 503, "the release store changed under the server: rerun the signer; "
-                                           "the server reloads its index by itself")
+        headers.append((b"content-range", b"bytes %d-%d/%d" % (start, stop - 1, artifact.length)))
+    headers += [(b"content-type", b"application/octet-stream"), (b"content-length", b"%d" % (stop - start))]
+    if method == "HEAD":
+        return Answer(status, headers)
+    return Answer(status, headers, start=start, stop=stop)
+
+
+async def _until_disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def send_artifact(artifact: Artifact, file: io.FileIO, reply: Answer, receive: Receive,
+                        send: Send) -> bool:
+    """Send [reply.start, reply.stop) of the artifact, block by block, until done or the client
+    is gone; False if the file came up short (it changed since it was checked)."""
     metrics.download_started(artifact.kind)
-    body = Body(fd, start, stop, lambda sent: metrics.download_finished(artifact.kind, sent))
-    environ["fotalab.body"] = body
-    start_response(_REASONS[status], headers)
-    wrapper = environ.get("wsgi.file_wrapper")
-    return wrapper(body, CHUNK) if wrapper else _Blocks(body, CHUNK)
+    gone: asyncio.Future | None = None          # the client hung up; watched from the second block on
+    position, fd = reply.start, file.fileno()
+    try:
+        await send({"type": "http.response.start", "status": reply.status, "headers": reply.headers})
+        while position < reply.stop:
+            block = os.pread(fd, min(CHUNK, reply.stop - position), position)
+            if not block:
+                log.error("artifact %s shrank on disk during a download; ending it short", artifact.sha256)
+                return False
+            position += len(block)
+            await send({"type": "http.response.body", "body": block, "more_body": position < reply.stop})
+            if position < reply.stop:
+                # a send to a closed connection returns at once without yielding: give the
+                # watcher its turn, or a hang-up would go unseen until the file's end
+                gone = gone or asyncio.ensure_future(_until_disconnected(receive))
+                await asyncio.sleep(0)
+                if gone.done():
+                    break
+        return True
+    finally:
+        if gone is not None:
+            gone.cancel()
+        metrics.download_finished(artifact.kind, position - reply.start)
+
+
+async def respond(send: Send, reply: Answer) -> None:
+    await send({"type": "http.response.start", "status": reply.status, "headers": reply.headers})
+    await send({"type": "http.response.body", "body": reply.body})
+
+
+class Downloads:
+    """ASGI middleware: artifact downloads here, every other request to `app`."""
+
+    def __init__(self, app: ASGIApp, index: LiveIndex) -> None:
+        self._app, self._index = app, index
+        self._files = OpenFiles()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if path.startswith("/artifacts/"):
+            scope["fotalab.route"] = "artifact"
+            await self._artifact(scope, receive, send, path[len("/artifacts/"):], by_name=False)
+        elif path.startswith("/updates/"):
+            scope["fotalab.route"] = "update_by_name"
+            await self._artifact(scope, receive, send, path[len("/updates/"):], by_name=True)
+        else:
+            await self._app(scope, receive, send)
+
+    async def _artifact(self, scope: Scope, receive: Receive, send: Send, key: str, *, by_name: bool) -> None:
+        method = scope["method"]
+        if method not in ("GET", "HEAD"):
+            return await respond(send, error(405, f"{method} is not allowed here: artifacts are read-only "
+                                                  "(GET, HEAD)", [(b"allow", b"GET, HEAD")]))
+        # a due reload hashes the whole store: never on the loop that carries every download
+        index = await asyncio.to_thread(self._index.get) if self._index.due() else self._index.current
+        if by_name:
+            found = index.by_name.get(key)
+            if found is None:
+                return await respond(send, error(404, f"no artifact named {key[:80]!r}: list them at "
+                                                      "/api/v1/releases"))
+        else:
+            if not SHA256.fullmatch(key):
+                return await respond(send, error(400, f"{key[:80]!r} is not a SHA-256: artifacts are named by "
+                                                      "64 lowercase hex digits"))
+            found = index.by_sha.get(key)
+            if found is None:
+                return await respond(send, error(404, f"no artifact with SHA-256 {key}: list them at "
+                                                      "/api/v1/releases"))
+        conditions = {_CONDITIONS[name]: value.decode("latin-1") for name, value in scope["headers"]
+                      if name in _CONDITIONS}
+        reply = answer(method, conditions, found)
+        if reply.stop == reply.start:
+            return await respond(send, reply)
+        file = self._files.get(index, found)
+        if file is None:
+            log.error("artifact %s changed on disk since it was indexed; not serving it", found.sha256)
+            return await respond(send, error(503, "the release store changed under the server: rerun the "
+                                                  "signer; the server reloads its index by itself"))
+        if not await send_artifact(found, file, reply, receive, send):
+            self._files.forget(found)

@@ -1,7 +1,7 @@
 """Live changes for dashboards: one registry poller per worker process, fanned out to its
 Server-Sent Events streams.
 
-A stream holds one gunicorn thread for as long as it is open, and the cost must not grow
+A stream holds one of the worker's Flask threads for as long as it is open, and the cost must not grow
 with every open dashboard, so:
 - one poller thread per worker process (running while the process has streams) reads what
   changed once per interval: devices seen since its cursor (last_seen moves on every state,
@@ -11,11 +11,11 @@ with every open dashboard, so:
 - a stream starts with a full snapshot (fleetview.snapshot), taken after it subscribed, so
   it misses nothing (a change may arrive twice; the page merges by key);
 - streams are capped per worker (config.stream_limit, at most half its threads), so
-  dashboards never starve downloads of threads; beyond it the API answers 503;
+  dashboards never take every thread from the API; beyond it the API answers 503;
 - a stream ends after `stream_s` (the browser's EventSource reconnects after `retry`, and
   may land on another worker), when its client lags too far behind, and at once when the
   worker stops (close_all, called from gunicorn_app's signal handlers): a shutdown or worker
-  restart never waits for open streams.
+  restart never waits for open streams; and at once when its client disconnects (Hangup).
 """
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ KEEPALIVE_S = 15.0           # a comment line this often: proxies keep the conne
 MAX_PENDING = 64             # batches a stream may fall behind before it is ended (it reconnects to a snapshot)
 START_SLACK_S = 10.0         # a new feed rereads this far back: a write waiting for the lock then is not missed
 EVENTS_PER_POLL = 500
+HANGUP = "fotalab.hangup"       # ASGI scope key of a stream request's Hangup (gateway.StreamWatch)
 _HUBS: "weakref.WeakSet[LiveHub]" = weakref.WeakSet()
 
 
@@ -103,6 +104,29 @@ class Subscription:
         with self._ready:
             self._ready.wait_for(lambda: self._pending or self.ended, timeout)
             return self._pending.popleft() if self._pending and not self.ended else None
+
+
+class Hangup:
+    """A stream's client went away: set from the event loop (gateway.StreamWatch), it ends the
+    subscription tied to it at once, so the stream's thread and place are free again without
+    waiting for its next write (which a2wsgi would drop without an error anyway)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._subscription: Subscription | None = None
+        self._set = False
+
+    def set(self) -> None:
+        with self._lock:
+            self._set = True
+            if self._subscription is not None:
+                self._subscription.end("the client went away")
+
+    def tie(self, subscription: Subscription) -> None:
+        with self._lock:
+            self._subscription = subscription
+            if self._set:
+                subscription.end("the client went away")
 
 
 class LiveHub:

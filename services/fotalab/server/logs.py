@@ -1,14 +1,14 @@
 """Structured logs: one JSON object a line, one line per request.
 
-The request line is written from gunicorn's access hook, which runs after the last byte was
-handed to the socket, so it has the real status, duration and bytes (a sendfile transfer is
-measured by the artifact body, which gunicorn's own byte count misses). The same hook feeds
-the request metrics. Server and application messages use the same JSON format.
+The request line is written by RequestLog, the outermost layer of the server's ASGI app
+(gateway.py), once the app has handed its last byte to gunicorn, so it has the real status,
+duration and body bytes; the same layer feeds the request metrics. Server and application
+messages use the same JSON format (gunicorn's own access log is off).
 
 Request lines do not go through `logging`: with 32 threads a worker spent about 40 % of its
 Python time in the logging handler's lock and per-line writes (profiled under 64 clients).
-A request thread only formats its line and queues it; one writer thread per worker writes
-whatever is queued in a single write.
+A request only formats its line and queues it; one writer thread per worker writes whatever
+is queued in a single write.
 """
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ import atexit
 import json
 import logging
 import os
-import queue
 import sys
 import threading
 import time
-from datetime import timedelta
-from typing import TextIO
+from collections import deque
+from contextlib import suppress
+from typing import Awaitable, Callable, Mapping, TextIO
 
 from gunicorn.glogging import Logger
 
@@ -42,67 +42,93 @@ class JsonFormatter(logging.Formatter):
 
 
 class LineWriter:
-    """Writes queued lines from one thread, batched; started in the process that first writes
-    (a thread does not survive gunicorn's fork)."""
+    """Writes queued lines from one thread, in batches every `interval_s`; started in the
+    process that first writes (a thread does not survive gunicorn's fork). Queuing a line is
+    a deque append: no lock and no wake-up per request (a queue that woke the writer for each
+    line cost a fifth of a busy worker's time)."""
 
-    def __init__(self, stream: TextIO, *, batch: int = 256) -> None:
-        self._stream, self._batch = stream, batch
-        self._queue: queue.SimpleQueue[str] = queue.SimpleQueue()
+    def __init__(self, stream: TextIO, *, interval_s: float = 0.05) -> None:
+        self._stream, self._interval_s = stream, interval_s
+        self._pending: deque[str] = deque()
         self._owner = 0
         self._start_lock = threading.Lock()
 
     def write(self, line: str) -> None:
         if self._owner != os.getpid():
             self._start()
-        self._queue.put(line)
+        self._pending.append(line)
 
     def _start(self) -> None:
         with self._start_lock:
             if self._owner == os.getpid():
                 return
-            self._queue = queue.SimpleQueue()
+            self._pending = deque()
             threading.Thread(target=self._run, name="log-writer", daemon=True).start()
             atexit.register(self.flush)
             self._owner = os.getpid()
 
-    def _drain(self, first: str) -> None:
-        lines = [first]
-        while len(lines) < self._batch:
-            try:
-                lines.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        self._stream.write("\n".join(lines) + "\n")
-        self._stream.flush()
-
     def _run(self) -> None:
         while True:
-            self._drain(self._queue.get())
+            time.sleep(self._interval_s)
+            self.flush()
 
     def flush(self) -> None:
-        """Write what is queued now (at exit)."""
-        while True:
-            try:
-                self._drain(self._queue.get_nowait())
-            except queue.Empty:
-                return
+        """Write what is queued now (also at exit)."""
+        lines = []
+        with suppress(IndexError):
+            while True:
+                lines.append(self._pending.popleft())
+        if lines:
+            self._stream.write("\n".join(lines) + "\n")
+            self._stream.flush()
 
 
-def request_line(status: int, environ: dict, sent: int, seconds: float, now: float) -> str:
-    body = environ.get("fotalab.body")
+def request_line(scope: Mapping, status: int, sent: int, seconds: float, now: float) -> str:
+    headers = dict(scope.get("headers") or ())
+    client = scope.get("client")
     return json.dumps({
         "ts": _timestamp(now), "level": "info", "logger": "access", "msg": "request",
-        "method": environ.get("REQUEST_METHOD"), "path": environ.get("PATH_INFO"),
-        "query": environ.get("QUERY_STRING") or None, "status": status,
-        "bytes": body.sent if body is not None else sent, "duration_ms": round(seconds * 1000, 2),
-        "route": environ.get("fotalab.route", "unmatched"), "remote": environ.get("REMOTE_ADDR"),
-        "user_agent": environ.get("HTTP_USER_AGENT"), "pid": os.getpid()})
+        "method": scope.get("method"), "path": scope.get("path"),
+        "query": scope.get("query_string", b"").decode("latin-1") or None, "status": status,
+        "bytes": sent, "duration_ms": round(seconds * 1000, 2),
+        "route": scope.get("fotalab.route", "unmatched"), "remote": client[0] if client else None,
+        "user_agent": headers[b"user-agent"].decode("latin-1") if b"user-agent" in headers else None,
+        "pid": os.getpid()})
+
+
+class RequestLog:
+    """ASGI middleware: after each HTTP request, its JSON line and its metrics. The route
+    label is what an inner layer put in scope["fotalab.route"] (downloads.py, or Flask's
+    endpoint through a2wsgi's environ["asgi.scope"])."""
+
+    writer = LineWriter(sys.stdout)
+
+    def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
+        self._app = app
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self._app(scope, receive, send)
+        started = time.monotonic()
+        status, sent = 500, 0       # 500: what gunicorn answers if the app fails before starting a response
+
+        async def observed(message: dict) -> None:
+            nonlocal status, sent
+            if message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
+            elif message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+        try:
+            await self._app(scope, receive, observed)
+        finally:
+            seconds = time.monotonic() - started
+            metrics.request_done(scope.get("fotalab.route", "unmatched"), scope["method"], status, seconds)
+            self.writer.write(request_line(scope, status, sent, seconds, time.time()))
 
 
 class JsonLogger(Logger):
-    """gunicorn's logger with JSON output; its access hook also counts the request."""
-
-    requests = LineWriter(sys.stdout)
+    """gunicorn's logger with JSON output, shared with the app's `fotalab` loggers."""
 
     def setup(self, cfg) -> None:
         super().setup(cfg)
@@ -113,10 +139,3 @@ class JsonLogger(Logger):
         app_log.handlers = list(self.error_log.handlers)
         app_log.setLevel(logging.INFO)
         app_log.propagate = False
-
-    def access(self, resp, req, environ: dict, request_time: timedelta) -> None:
-        status = resp.status_code if isinstance(resp.status_code, int) else 0
-        seconds = request_time.total_seconds()
-        metrics.request_done(environ.get("fotalab.route", "unmatched"), environ.get("REQUEST_METHOD", "?"),
-                             status, seconds)
-        self.requests.write(request_line(status, environ, resp.sent, seconds, time.time()))

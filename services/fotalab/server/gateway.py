@@ -1,0 +1,65 @@
+"""The server as gunicorn runs it: one ASGI app, artifact downloads on the event loop and the
+Flask app in a pool of threads.
+
+Why not Flask straight under a threaded worker: downloads are the hot path, and under
+gunicorn's gthread worker each keep-alive request crossed two thread hand-offs (poller to
+pool and back) and the Python HTTP plumbing around them, about 800 us of CPU per 1 MiB
+download where nginx spends 300 (scripts/bench-server, 64 clients on 2 cores: 0.48x nginx's
+throughput). gunicorn's asyncio worker on uvloop answers a download on the loop itself
+(downloads.py) with no thread at all, however slow the link, and hands everything else to
+Flask unchanged through a2wsgi (the maintained WSGI-to-ASGI bridge: a thread pool, request
+bodies streamed in, responses streamed out).
+
+Layers, outside in: RequestLog (logs.py: the JSON request line and request metrics),
+Downloads (downloads.py), StreamWatch (below), a2wsgi's WSGIMiddleware around Flask.
+"""
+from __future__ import annotations
+
+import asyncio
+
+from a2wsgi import WSGIMiddleware
+from flask import Flask
+
+from .dashboard import STREAM_PATH
+from .downloads import ASGIApp, Downloads, Receive, Scope, Send
+from .live import HANGUP, Hangup
+from .logs import RequestLog
+
+
+class StreamWatch:
+    """Tells a dashboard stream, running in a Flask thread, that its client went away.
+
+    Through a2wsgi, a write to a closed connection is dropped without an error, so the stream
+    would hold its thread and its place (live.py caps them) until it times out. For GET
+    STREAM_PATH, which has no request body to read, a task here waits for the client's
+    disconnect and sets the live.Hangup the stream tied itself to.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != STREAM_PATH or scope["method"] != "GET":
+            return await self._app(scope, receive, send)
+        hangup = scope[HANGUP] = Hangup()
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            hangup.set()
+
+        async def no_body() -> dict:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await self._app(scope, no_body, send)
+        finally:
+            watcher.cancel()
+
+
+def asgi_app(flask: Flask, threads: int) -> ASGIApp:
+    """What gunicorn serves (gunicorn_app.py): `flask` (create_app) behind the downloads, run
+    in `threads` threads per worker."""
+    index = flask.extensions["fotalab"].index
+    return RequestLog(Downloads(StreamWatch(WSGIMiddleware(flask, workers=threads)), index))
