@@ -13,9 +13,10 @@ multi-range, malformed or unsatisfiable ranges 416 with Content-Range: bytes */l
 The body is read with pread(2) from the range start in CHUNK blocks, each handed to the
 server once the previous one has left (gunicorn's flow control: a slow link holds at most
 about two blocks of memory, never the file). A download stops as soon as its client is gone.
-The file is opened with O_NOFOLLOW and checked against the index again, so a symlink planted
-after the index was loaded is never followed; a file that shrinks under a download ends it
-short, and gunicorn closes the connection, so the client resumes instead of trusting it.
+Each artifact's file is opened once per index and worker, with O_NOFOLLOW, and checked
+against the index again, so a symlink planted after the index was loaded is never followed;
+a file that shrinks under a download ends it short (gunicorn closes the connection, so the
+client resumes instead of trusting it) and is checked again on the next request.
 """
 from __future__ import annotations
 
@@ -140,7 +141,7 @@ def error(status: int, message: str, headers: Headers = ()) -> Answer:
 
 def answer(method: str, conditions: dict[str, str], artifact: Artifact) -> Answer:
     """The response to GET/HEAD of `artifact` under the request's conditional and Range
-    headers (RFC 9110 sections 13 and 14); pure, so every case is unit-testable."""
+    headers (RFC 9110 sections 13 and 14)."""
     etag = f'"{artifact.sha256}"'
     headers = [(b"etag", etag.encode()), (b"accept-ranges", b"bytes"), (b"cache-control", IMMUTABLE)]
     if_match = conditions.get("if_match")
