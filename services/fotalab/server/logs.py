@@ -28,6 +28,17 @@ from gunicorn.glogging import Logger
 from . import metrics
 
 
+_pid = os.getpid()      # kept, not asked per request line: os.getpid() is a system call
+
+
+def _remember_pid() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_remember_pid)
+
+
 def _timestamp(created: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created % 1 * 1000):03d}Z"
 
@@ -50,22 +61,26 @@ class LineWriter:
     def __init__(self, stream: TextIO, *, interval_s: float = 0.05) -> None:
         self._stream, self._interval_s = stream, interval_s
         self._pending: deque[str] = deque()
-        self._owner = 0
+        self._started = False
         self._start_lock = threading.Lock()
+        os.register_at_fork(after_in_child=self._forked)
 
     def write(self, line: str) -> None:
-        if self._owner != os.getpid():
+        if not self._started:
             self._start()
         self._pending.append(line)
 
+    def _forked(self) -> None:
+        """In a new worker: no writer thread yet, and the parent's queued lines are its own."""
+        self._pending, self._started, self._start_lock = deque(), False, threading.Lock()
+
     def _start(self) -> None:
         with self._start_lock:
-            if self._owner == os.getpid():
+            if self._started:
                 return
-            self._pending = deque()
             threading.Thread(target=self._run, name="log-writer", daemon=True).start()
             atexit.register(self.flush)
-            self._owner = os.getpid()
+            self._started = True
 
     def _run(self) -> None:
         while True:
@@ -93,7 +108,7 @@ def request_line(scope: Mapping, status: int, sent: int, seconds: float, now: fl
         "bytes": sent, "duration_ms": round(seconds * 1000, 2),
         "route": scope.get("fotalab.route", "unmatched"), "remote": client[0] if client else None,
         "user_agent": headers[b"user-agent"].decode("latin-1") if b"user-agent" in headers else None,
-        "pid": os.getpid()})
+        "pid": _pid})
 
 
 class RequestLog:
