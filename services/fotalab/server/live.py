@@ -1,8 +1,8 @@
 """Live changes for dashboards: one registry poller per worker process, fanned out to its
 Server-Sent Events streams.
 
-A stream holds one of the worker's Flask threads for as long as it is open, and the cost must not grow
-with every open dashboard, so:
+A stream holds one of the worker's Flask threads for as long as it is open, and the cost
+must not grow with every open dashboard, so:
 - one poller thread per worker process (running while the process has streams) reads what
   changed once per interval: devices seen since its cursor (last_seen moves on every state,
   status and event), events and rollout log entries after their ids, rollouts saved since

@@ -5,10 +5,10 @@ The request line is written by RequestLog, the outermost layer of the server's A
 duration and body bytes; the same layer feeds the request metrics. Server and application
 messages use the same JSON format (gunicorn's own access log is off).
 
-Request lines do not go through `logging`: with 32 threads a worker spent about 40 % of its
-Python time in the logging handler's lock and per-line writes (profiled under 64 clients).
-A request only formats its line and queues it; one writer thread per worker writes whatever
-is queued in a single write.
+Request lines do not go through `logging`, whose handler takes a lock and writes once per
+line (40 % of a worker's Python time under 64 clients, profiled on the earlier threaded
+server): a request only formats its line and queues it, and one writer thread per worker
+writes whatever is queued in a single write.
 """
 from __future__ import annotations
 
