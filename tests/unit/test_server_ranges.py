@@ -1,4 +1,4 @@
-"""Artifact responses: ranges, If-Range, 416, ETag/304, If-Match, HEAD (Flask test client)."""
+"""Artifact responses: ranges, If-Range, 416, ETag/304, If-Match, HEAD (through the whole server app)."""
 import hashlib
 
 import pytest
