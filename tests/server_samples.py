@@ -71,10 +71,18 @@ def make_app(tmp_path: Path, store: Store, **settings):
     return create_app(config)
 
 
+class WholeResponseClient(Client):
+    """Reads every response whole, as a real client does: a response left unread would leave
+    its app call waiting in the bridge's event loop (a2wsgi's ASGIMiddleware) until exit."""
+
+    def open(self, *args, **kwargs):
+        return super().open(*args, **{"buffered": True, **kwargs})
+
+
 def http_client(app: Flask) -> Client:
     """A test client of the whole server app as gunicorn serves it (gateway.asgi_app: the
     downloads, then Flask), minus the sockets."""
-    return Client(ASGIMiddleware(asgi_app(app, threads=4)))
+    return WholeResponseClient(ASGIMiddleware(asgi_app(app, threads=4)))
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:

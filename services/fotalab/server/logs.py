@@ -58,8 +58,8 @@ class LineWriter:
     a deque append: no lock and no wake-up per request (a queue that woke the writer for each
     line cost a fifth of a busy worker's time)."""
 
-    def __init__(self, stream: TextIO, *, interval_s: float = 0.05) -> None:
-        self._stream, self._interval_s = stream, interval_s
+    def __init__(self, stream: TextIO | None = None, *, interval_s: float = 0.05) -> None:
+        self._stream, self._interval_s = stream, interval_s         # None: sys.stdout when writing
         self._pending: deque[str] = deque()
         self._started = False
         self._start_lock = threading.Lock()
@@ -94,8 +94,9 @@ class LineWriter:
             while True:
                 lines.append(self._pending.popleft())
         if lines:
-            self._stream.write("\n".join(lines) + "\n")
-            self._stream.flush()
+            stream = self._stream or sys.stdout
+            stream.write("\n".join(lines) + "\n")
+            stream.flush()
 
 
 def request_line(scope: Mapping, status: int, sent: int, seconds: float, now: float) -> str:
@@ -116,7 +117,7 @@ class RequestLog:
     label is what an inner layer put in scope["fotalab.route"] (downloads.py, or Flask's
     endpoint through a2wsgi's environ["asgi.scope"])."""
 
-    writer = LineWriter(sys.stdout)
+    writer = LineWriter()
 
     def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
         self._app = app
