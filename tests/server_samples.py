@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import requests
 from a2wsgi import ASGIMiddleware
 from flask import Flask
 from werkzeug.test import Client
@@ -93,3 +94,8 @@ def metric_value(text: str, name: str, **labels: str) -> float:
         if match and sorted(filter(None, (match.group(1) or "").split(","))) == wanted:
             return float(match.group(2))
     return 0.0
+
+
+def scraped_metric(server_url: str, name: str, **labels: str) -> float:
+    """One sample of a running server's GET /metrics."""
+    return metric_value(requests.get(f"{server_url}/metrics", timeout=5).text, name, **labels)

@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from fotalab import locallab
-from server_samples import make_store, metric_value
+from server_samples import make_store, scraped_metric
 
 pytestmark = pytest.mark.integration
 
@@ -48,15 +48,14 @@ def test_downloads_are_exact_counted_and_logged(store, tmp_path):
         assert all(p.status_code == 206 for p in parts) and b"".join(p.content for p in parts) == data
         assert all(w.status_code == 200 and w.content == data for w in whole)
         assert requests.get(f"{server.url}/artifacts/{'0' * 64}", timeout=5).status_code == 404
-
-        def metric(name: str, **labels: str) -> float:
-            return metric_value(requests.get(f"{server.url}/metrics", timeout=5).text, name, **labels)
         # a download is counted once its last block is handed to gunicorn
-        locallab.wait_until(lambda: metric("fotalab_artifact_downloads_in_flight") == 0, 5, "downloads closed")
-        assert metric("fotalab_artifact_bytes_sent_total", kind="image") == 7 * len(data)
-        assert metric("fotalab_artifact_downloads_total", kind="image") == 9
+        locallab.wait_until(lambda: scraped_metric(server.url, "fotalab_artifact_downloads_in_flight") == 0, 5,
+                            "downloads closed")
+        assert scraped_metric(server.url, "fotalab_artifact_bytes_sent_total", kind="image") == 7 * len(data)
+        assert scraped_metric(server.url, "fotalab_artifact_downloads_total", kind="image") == 9
         for status, count in (("206", 3), ("200", 6), ("404", 1)):
-            assert metric("fotalab_http_requests_total", method="GET", route="artifact", status=status) == count
+            assert scraped_metric(server.url, "fotalab_http_requests_total", method="GET", route="artifact",
+                                  status=status) == count
 
         time.sleep(0.3)                                          # the log writer is a thread
         lines = [line for line in request_lines(server.log) if line["route"] == "artifact"]
@@ -117,12 +116,10 @@ def test_a_download_stops_when_its_client_hangs_up(tmp_path):
             sock.connect(("127.0.0.1", server.port))
             sock.sendall(f"GET /artifacts/{sha} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
             assert sock.recv(65536).startswith(b"HTTP/1.1 200")
-
-        def metric(name: str, **labels: str) -> float:
-            return metric_value(requests.get(f"{server.url}/metrics", timeout=5).text, name, **labels)
-        locallab.wait_until(lambda: metric("fotalab_artifact_downloads_in_flight") == 0, 10, "the download to end")
+        locallab.wait_until(lambda: scraped_metric(server.url, "fotalab_artifact_downloads_in_flight") == 0, 10,
+                            "the download to end")
         # a block or two was handed over before the hang-up; the rest of the 12 MiB was never read
-        assert 0 < metric("fotalab_artifact_bytes_sent_total", kind="image") <= 4 << 20
+        assert 0 < scraped_metric(server.url, "fotalab_artifact_bytes_sent_total", kind="image") <= 4 << 20
     finally:
         server.stop()
 

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from fotalab import locallab
-from server_samples import metric_value
+from server_samples import scraped_metric
 
 pytestmark = pytest.mark.integration
 
@@ -27,10 +27,6 @@ def wait_for_events(server: locallab.Server, device: str, count: int) -> list[di
     return history(server, device)
 
 
-def metric(server: locallab.Server, name: str, **labels: str) -> float:
-    return metric_value(requests.get(f"{server.url}/metrics", timeout=5).text, name, **labels)
-
-
 def test_each_message_is_ingested_once_by_one_of_several_workers(ingesting_server, publisher, tmp_path):
     server = ingesting_server(workers=4)
     device = f"multi-{tmp_path.name}"[-40:]
@@ -41,9 +37,9 @@ def test_each_message_is_ingested_once_by_one_of_several_workers(ingesting_serve
     events = wait_for_events(server, device, 30)
     assert [e["payload"]["attempt"] for e in events] == list(range(30))
     # every publication reached exactly one ingester once: 30 stored, the 30 replays seen as duplicates
-    assert metric(server, "fotalab_mqtt_messages_total", kind="events", outcome="stored") == 30
-    assert metric(server, "fotalab_mqtt_messages_total", kind="events", outcome="duplicate") == 30
-    assert metric(server, "fotalab_mqtt_ingester_connected") == 1
+    assert scraped_metric(server.url, "fotalab_mqtt_messages_total", kind="events", outcome="stored") == 30
+    assert scraped_metric(server.url, "fotalab_mqtt_messages_total", kind="events", outcome="duplicate") == 30
+    assert scraped_metric(server.url, "fotalab_mqtt_ingester_connected") == 1
 
 
 def test_a_killed_ingester_is_replaced_and_queued_events_arrive(ingesting_server, publisher, tmp_path):

@@ -166,7 +166,8 @@ def answer(method: str, conditions: dict[str, str], artifact: Artifact) -> Answe
     return Answer(status, headers, start=start, stop=stop)
 
 
-async def _until_disconnected(receive: Receive) -> None:
+async def until_disconnected(receive: Receive) -> None:
+    """Returns once the client has hung up (the request body, if any, is read and dropped)."""
     while (await receive())["type"] != "http.disconnect":
         pass
 
@@ -190,7 +191,7 @@ async def send_artifact(artifact: Artifact, file: io.FileIO, reply: Answer, rece
             if position < reply.stop:
                 # a send to a closed connection returns at once without yielding: give the
                 # watcher its turn, or a hang-up would go unseen until the file's end
-                gone = gone or asyncio.ensure_future(_until_disconnected(receive))
+                gone = gone or asyncio.ensure_future(until_disconnected(receive))
                 await asyncio.sleep(0)
                 if gone.done():
                     break

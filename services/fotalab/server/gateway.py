@@ -21,7 +21,7 @@ from a2wsgi import WSGIMiddleware
 from flask import Flask
 
 from .dashboard import STREAM_PATH
-from .downloads import ASGIApp, Downloads, Receive, Scope, Send
+from .downloads import ASGIApp, Downloads, Receive, Scope, Send, until_disconnected
 from .live import HANGUP, Hangup
 from .logs import RequestLog
 
@@ -44,8 +44,7 @@ class StreamWatch:
         hangup = scope[HANGUP] = Hangup()
 
         async def watch() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
+            await until_disconnected(receive)
             hangup.set()
 
         async def no_body() -> dict:
