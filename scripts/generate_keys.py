@@ -9,14 +9,14 @@ The signer does the first on its own at its first run; inside the lab the same r
 `docker compose run --rm signer fota-signer rotate-key`. Then `docker compose up -d --wait`
 re-signs the releases, and devices accept the new key with their next update.
 """
+import hostenv  # noqa: F401,I001  (first: re-runs this script in the project's .venv)
 import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "services"))
 
 from fotalab.signer.keys import PRIVATE, ensure_keys, rotate_keys  # noqa: E402
-from fotalab.signing import ALGORITHMS  # noqa: E402
+from fotalab.formats.signing import ALGORITHMS  # noqa: E402
 
 
 def main() -> int:

@@ -3,11 +3,10 @@
 
 Same as `fota-trigger` (also inside the lab: `docker compose run --rm cli fota-trigger --all`).
 """
+import hostenv  # noqa: F401,I001  (first: re-runs this script in the project's .venv)
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "services"))
 
-from fotalab.trigger import main  # noqa: E402
+from fotalab.lab.trigger import main  # noqa: E402
 
 sys.exit(main())

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from fotalab.signing import Signer, generate_private_key, private_key_pem
-
+from fotalab.formats.signing import Signer, generate_private_key, private_key_pem
 from samples import make_image, make_payload
 
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import random
 
-from fotalab.image import ImageHeader, build_image
-from fotalab.signing import Signer
+from fotalab.formats.image import ImageHeader, build_image
+from fotalab.formats.signing import Signer
 
 
 def make_payload(seed: int, size: int = 32 * 1024) -> bytes:

@@ -15,7 +15,7 @@ import json
 import os
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import requests
 
@@ -224,7 +224,7 @@ def token_from(env: dict[str, str] | os._Environ) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["chaos"]:      # on the host, next to Docker: `fota chaos --help`
-        from .chaos import main as chaos
+        from .lab.chaos import main as chaos
         return chaos(argv[1:])
     args = parser().parse_args(argv)
     try:

@@ -3,8 +3,8 @@ NAME_FILE names (a mounted credential, the convention Docker secrets use). One r
 device, the server and the `fota` command."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 
 class SecretFileError(ValueError):

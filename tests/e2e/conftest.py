@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
-from fotalab.composelab import ComposeLab, docker_problem
-from fotalab.fleetwatch import FleetWatcher
-from fotalab.locallab import free_port
-from fotalab.provision import SERVER
+from fotalab.lab.composelab import ComposeLab, docker_problem
+from fotalab.lab.fleetwatch import FleetWatcher
+from fotalab.lab.locallab import free_port
+from fotalab.lab.provision import SERVER
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"

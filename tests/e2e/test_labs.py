@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from fotalab.composelab import ComposeLab
-from fotalab.locallab import free_port
+from fotalab.lab.composelab import ComposeLab
+from fotalab.lab.locallab import free_port
 from labpages import REPO, Block, blocks, first_missing, pages
 
 pytestmark = pytest.mark.e2e

@@ -8,8 +8,8 @@ import shutil
 import paho.mqtt.client as mqtt
 import pytest
 
-from fotalab import locallab
-from fotalab.provision import SERVER, Credentials
+from fotalab.lab import locallab
+from fotalab.lab.provision import SERVER, Credentials
 
 pytestmark = pytest.mark.integration
 

@@ -1,7 +1,7 @@
 """Every kind of bad firmware is rolled back by the device itself, with the reason."""
 import pytest
 
-from fotalab import locallab
+from fotalab.lab import locallab
 
 pytestmark = pytest.mark.integration
 

@@ -2,7 +2,7 @@
 the device refuses a tampered delta and an old release the server was tricked into offering."""
 import pytest
 
-from fotalab.linkproxy import LinkProxy
+from fotalab.lab.linkproxy import LinkProxy
 
 pytestmark = pytest.mark.integration
 

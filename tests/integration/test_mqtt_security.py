@@ -7,9 +7,9 @@ import time
 import paho.mqtt.client as mqtt
 import pytest
 
-from fotalab.fleetwatch import FleetWatcher
-from fotalab.provision import Credentials
-from fotalab.topics import device_topic
+from fotalab.lab.fleetwatch import FleetWatcher
+from fotalab.lab.provision import Credentials
+from fotalab.protocol import device_topic
 
 pytestmark = pytest.mark.integration
 

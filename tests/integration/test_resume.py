@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from fotalab.linkproxy import LinkProxy
+from fotalab.lab.linkproxy import LinkProxy
 
 pytestmark = pytest.mark.integration
 

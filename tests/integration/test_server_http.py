@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from fotalab import locallab
+from fotalab.lab import locallab
 from server_samples import make_store, scraped_metric
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,7 @@ import time
 import pytest
 import requests
 
-from fotalab import locallab
+from fotalab.lab import locallab
 from server_samples import scraped_metric
 
 pytestmark = pytest.mark.integration

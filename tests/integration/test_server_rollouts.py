@@ -12,7 +12,7 @@ import sys
 import pytest
 import requests
 
-from fotalab import locallab
+from fotalab.lab import locallab
 
 pytestmark = pytest.mark.integration
 TOKEN = "rollout-token"

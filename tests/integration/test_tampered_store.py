@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from fotalab import locallab
+from fotalab.lab import locallab
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,7 @@ import pytest
 
 from fotalab.device.engine import TransportError
 from fotalab.device.transport import HttpTransport
-from fotalab.linkproxy import LinkProxy
+from fotalab.lab.linkproxy import LinkProxy
 
 pytestmark = pytest.mark.integration
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from fotalab.delta import best_delta
-from fotalab.manifest import ArtifactRef, DeltaRef, Manifest, sign_manifest
-
 from device_harness import EXPIRES, FakeServer, sha
-from server_samples import http_client, make_app, make_store
+
+from fotalab.formats.delta import best_delta
+from fotalab.formats.manifest import ArtifactRef, DeltaRef, Manifest, sign_manifest
 from samples import edit, make_image, make_payload
+from server_samples import http_client, make_app, make_store
 
 
 @pytest.fixture(scope="module")

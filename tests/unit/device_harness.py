@@ -3,15 +3,15 @@ that powers a real flash directory on and off (for the engine's unit tests)."""
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from fotalab.delta import Delta, apply_delta
 from fotalab.device.bootloader import boot
 from fotalab.device.engine import EngineConfig, TransportError, UpdateEngine
-from fotalab.durable import Flash
+from fotalab.device.flash import Flash
+from fotalab.formats.delta import Delta, apply_delta
 
-EXPIRES = (datetime.now(timezone.utc) + timedelta(days=30)).isoformat()
+EXPIRES = (datetime.now(UTC) + timedelta(days=30)).isoformat()
 
 
 def sha(data: bytes) -> str:

@@ -5,8 +5,8 @@ import pytest
 
 from fotalab.device.bootctl import BootControl, BootState, committed, factory_state, staged
 from fotalab.device.bootloader import SlotCheck, plan_boot
-from fotalab.durable import Flash
-from fotalab.image import ImageHeader
+from fotalab.device.flash import Flash
+from fotalab.formats.image import ImageHeader
 
 
 def test_record_round_trips_and_rejects_a_torn_copy():

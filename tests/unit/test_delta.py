@@ -12,8 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from fotalab import delta as D
-from fotalab.delta import CHUNK, ENCODINGS, Delta, DeltaError, apply_delta, apply_delta_to, best_delta, candidates, encode
+from fotalab.formats import delta as D
+from fotalab.formats.delta import (
+    CHUNK,
+    ENCODINGS,
+    Delta,
+    DeltaError,
+    apply_delta,
+    apply_delta_to,
+    best_delta,
+    candidates,
+    encode,
+)
 from fotalab.signer.fwgen import firmware_versions
 
 PAIRS_DIR = Path(os.environ.get("FOTALAB_FIRMWARE_PAIRS",
@@ -29,13 +39,13 @@ def real_pair(name: str) -> tuple[bytes, bytes]:
     return (folder / "old.bin").read_bytes(), (folder / "new.bin").read_bytes()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def generated_pair(arch: str, size: int = 64 * 1024) -> tuple[bytes, bytes]:
     a, b = firmware_versions(7, size, 2, arch)
     return a, b
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def all_encodings(kind: str, name: str) -> dict[str, Delta]:
     old, new = real_pair(name) if kind == "real" else generated_pair(name)
     return {d.encoding: d for d in candidates(old, new, only=ENCODINGS)}

@@ -1,7 +1,7 @@
 """The storage layer's fault injection: stop, tear and lose at a chosen operation."""
 import pytest
 
-from fotalab.durable import FaultPlan, Flash, FlashDisciplineError
+from fotalab.device.flash import FaultPlan, Flash, FlashDisciplineError
 
 
 class PowerCut(Exception):

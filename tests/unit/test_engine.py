@@ -8,15 +8,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from device_harness import FakeServer, Recorder, boot_records, in_process_patcher, power_on, sha
 
 from fotalab.device import journal as jr
 from fotalab.device.bootctl import BootControl
 from fotalab.device.engine import Reboot, TransportError
-from fotalab.durable import Flash
-from fotalab.manifest import DeltaRef
-
-from device_harness import FakeServer, Recorder, boot_records, in_process_patcher, power_on, sha
+from fotalab.device.flash import Flash
+from fotalab.formats.manifest import DeltaRef
 from samples import edit, flip, make_image, make_payload
+
 
 def test_delta_update_stages_reboots_into_trial_and_commits(tmp_path, factory_dir, server, release):
     engine, _ = power_on(tmp_path / "flash", factory_dir, server)
@@ -151,7 +151,7 @@ def test_image_signed_by_another_key_is_not_staged(tmp_path, factory_dir, server
 
 
 def test_rolled_back_release_is_reported_and_quarantined(tmp_path, factory_dir, server, release, release_key):
-    from fotalab.image import Behaviour
+    from fotalab.formats.image import Behaviour
     bad = make_image(release_key, "2.0.0", edit(make_payload(1), 2), counter=2, behaviour=Behaviour.CRASH_AT_BOOT)
     server.manifest = release["manifest_for"](image=bad, deltas=())
     server.files[sha(bad)] = bad

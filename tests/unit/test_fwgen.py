@@ -7,7 +7,7 @@ import struct
 import bsdiff4
 import pytest
 
-from fotalab import delta as D
+from fotalab.formats import delta as D
 from fotalab.signer.fwgen import firmware_versions
 
 KIB = 1024

@@ -1,8 +1,7 @@
 import pytest
 
-from fotalab.image import Behaviour, ImageError, parse_image, verify_image
-from fotalab.signing import Verifier
-
+from fotalab.formats.image import Behaviour, ImageError, parse_image, verify_image
+from fotalab.formats.signing import Verifier
 from samples import flip, make_image, make_payload
 
 

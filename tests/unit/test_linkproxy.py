@@ -2,7 +2,7 @@
 only, and lying about the running version in a device's manifest request."""
 from __future__ import annotations
 
-from fotalab.linkproxy import ArtifactBodies, spoof_manifest_request
+from fotalab.lab.linkproxy import ArtifactBodies, spoof_manifest_request
 
 ARTIFACT = (b"HTTP/1.1 206 Partial Content\r\nContent-Type: application/octet-stream\r\n"
             b"Content-Length: 8\r\n\r\n")

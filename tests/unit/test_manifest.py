@@ -1,13 +1,12 @@
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from fotalab.manifest import ArtifactRef, DeltaRef, Manifest, ManifestError, sign_manifest, verify_manifest
-from fotalab.signing import Verifier
-
+from fotalab.formats.manifest import ArtifactRef, DeltaRef, Manifest, ManifestError, sign_manifest, verify_manifest
+from fotalab.formats.signing import Verifier
 from samples import flip
 
-NOW = datetime(2026, 11, 27, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 27, tzinfo=UTC)
 
 
 def manifest(version="2.0.0", hardware="fotalab-m4", counter=2, expires=NOW + timedelta(days=30)) -> Manifest:

@@ -4,16 +4,15 @@ from __future__ import annotations
 import json
 
 import pytest
+from device_harness import power_on, sha
 
 from fotalab.device.bootctl import BootControl, committed
 from fotalab.device.engine import Reboot
+from fotalab.device.flash import Flash
 from fotalab.device.trust import ANCHOR, PENDING
-from fotalab.durable import Flash
-from fotalab.image import Behaviour
-from fotalab.rotation import RotationError, make_rotation, successor
-from fotalab.signing import Signer, Verifier, generate_private_key, private_key_pem
-
-from device_harness import power_on, sha
+from fotalab.formats.image import Behaviour
+from fotalab.formats.rotation import RotationError, make_rotation, successor
+from fotalab.formats.signing import Signer, Verifier, generate_private_key, private_key_pem
 from samples import edit, make_image, make_payload
 
 

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from fotalab.delta import Delta, apply_delta
-from fotalab.image import verify_image
-from fotalab.manifest import verify_manifest
+from fotalab.formats.delta import Delta, apply_delta
+from fotalab.formats.image import verify_image
+from fotalab.formats.manifest import verify_manifest
+from fotalab.formats.signing import Verifier
 from fotalab.signer.build import build_releases, short_version
 from fotalab.signer.releases import ReleaseListError, load_plan
-from fotalab.signing import Verifier
 
 RELEASES = """
 max_deltas = {max_deltas}

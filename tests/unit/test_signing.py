@@ -1,6 +1,6 @@
 import pytest
 
-from fotalab.signing import SignatureError, Signer, Verifier, generate_private_key, private_key_pem
+from fotalab.formats.signing import SignatureError, Signer, Verifier, generate_private_key, private_key_pem
 
 
 @pytest.mark.parametrize("algorithm", ["rsa-pss-3072", "ed25519"])

@@ -11,7 +11,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, replace
 
-from ..durable import Flash
+from .flash import Flash
 
 COPIES = ("bootctl.0", "bootctl.1")
 RECORD_SIZE = 1024
@@ -57,7 +57,7 @@ class BootState:
         return record.ljust(RECORD_SIZE, b"\0")
 
     @classmethod
-    def decode(cls, raw: bytes | None) -> "BootState | None":
+    def decode(cls, raw: bytes | None) -> BootState | None:
         """The record, or None if the copy is missing, torn or corrupted."""
         if not raw:
             return None

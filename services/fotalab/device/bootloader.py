@@ -7,14 +7,14 @@ limit, fall back when the chosen slot fails verification). `boot` wires it to fl
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
-from ..durable import Flash
-from ..image import ImageError, ImageHeader, parse_image, verify_image
-from ..signing import Verifier
+from ..formats.image import ImageError, ImageHeader, parse_image, verify_image
+from ..formats.signing import Verifier
 from .bootctl import BootControl, BootState, factory_state, other_slot, reverted, slot_file
+from .flash import Flash
 from .trust import ANCHOR, load_verifier
 
 

@@ -6,8 +6,8 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..durable import FaultPlan
 from ..envsecret import read_secret
+from .flash import FaultPlan
 
 
 def provisioned_password(credentials_dir: Path, username: str) -> str:
@@ -59,7 +59,7 @@ class DeviceConfig:
         return self.factory_dir / "trust.pem"
 
     @classmethod
-    def from_env(cls, env: os._Environ | dict = os.environ) -> "DeviceConfig":
+    def from_env(cls, env: os._Environ | dict = os.environ) -> DeviceConfig:
         def get(name: str, default: object) -> str:
             return env.get(f"FOTA_{name}", str(default))
         defaults = cls(device_id="")

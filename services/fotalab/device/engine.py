@@ -10,17 +10,18 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator, Protocol
+from typing import Protocol
 
-from ..durable import Flash
-from ..image import ImageError, verify_image
-from ..manifest import Manifest, ManifestError, parse_document, parse_manifest, verify_manifest
-from ..rotation import CHAIN_NAME, RotationError, parse_chain, successor
-from ..signing import Verifier
+from ..formats.image import ImageError, verify_image
+from ..formats.manifest import Manifest, ManifestError, parse_document, parse_manifest, verify_manifest
+from ..formats.rotation import CHAIN_NAME, RotationError, parse_chain, successor
+from ..formats.signing import Verifier
 from . import journal as jr
 from .bootctl import BootControl, BootState, committed, other_slot, slot_file, staged
 from .bootloader import SlotCheck
+from .flash import Flash
 from .trust import finish_rotation, stage_successor
 
 QUARANTINE = "quarantine.json"

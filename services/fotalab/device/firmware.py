@@ -16,14 +16,14 @@ from dataclasses import asdict
 
 import requests
 
-from ..durable import Flash
-from ..image import Behaviour
-from ..signing import Verifier
+from ..formats.image import Behaviour
+from ..formats.signing import Verifier
 from .bootctl import BootControl
 from .bootloader import BootPlan
 from .config import DeviceConfig
 from .engine import EngineConfig, Reboot, UpdateEngine
-from .link import MqttLink
+from .flash import Flash
+from .mqttlink import MqttLink
 from .patcher import sandboxed_patcher
 from .transport import HttpTransport
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, replace
 
-from ..durable import Flash
+from .flash import Flash
 
 JOURNAL = "update.journal"
 DOWNLOAD = "download.part"
@@ -40,7 +40,7 @@ class Journal:
     new_key_id: str = ""     # set when the release is signed by a key announced by rotation
     rotation: list = field(default_factory=list)   # the signed chain from the anchor to that key
 
-    def advance(self, **changes) -> "Journal":
+    def advance(self, **changes) -> Journal:
         return replace(self, **changes)
 
 

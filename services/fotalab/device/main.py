@@ -22,14 +22,14 @@ import sys
 import time
 from pathlib import Path
 
-from ..durable import Flash
-from ..signing import key_id
+from ..formats.signing import key_id
 from . import journal as jr
 from .bootctl import SLOTS, BootControl
 from .bootloader import boot, check_slot, plan_boot
-from .trust import ANCHOR, load_verifier
 from .config import DeviceConfig
 from .firmware import REBOOT_EXIT, run
+from .flash import Flash
+from .trust import ANCHOR, load_verifier
 
 HALT_EXIT = 4
 ALIVE_WITHIN_S = 5.0

@@ -9,8 +9,8 @@ from __future__ import annotations
 import resource
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from .engine import Patcher, UpdateFailed
 
@@ -49,7 +49,7 @@ def sandboxed_patcher(*, memory_mb: int, timeout_s: float, chunk_size: int) -> P
 
 
 def main(argv: list[str]) -> int:
-    from ..delta import Delta, DeltaError, apply_delta
+    from ..formats.delta import Delta, DeltaError, apply_delta
     base, artifact, encoding, max_output = argv
     try:
         new = apply_delta(Path(base).read_bytes(), Delta(encoding, Path(artifact).read_bytes()), int(max_output))

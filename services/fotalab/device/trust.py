@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 
-from ..durable import Flash
-from ..rotation import RotationError, successor
-from ..signing import Verifier
+from ..formats.rotation import RotationError, successor
+from ..formats.signing import Verifier
+from .flash import Flash
 
 ANCHOR = "trust.pem"
 PENDING = "trust.pending"

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from ..envsecret import SecretFileError, read_secret
 
@@ -47,7 +47,7 @@ class ServerConfig:
         return self.data_dir / "api-token"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> "ServerConfig":
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> ServerConfig:
         d = cls()
 
         def secret(name: str) -> str:

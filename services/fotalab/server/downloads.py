@@ -27,8 +27,8 @@ import logging
 import os
 import re
 import stat
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from typing import Awaitable, Callable, MutableMapping
 
 from . import metrics
 from .artifacts import SHA256, Artifact, LiveIndex, ReleaseIndex

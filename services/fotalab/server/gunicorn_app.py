@@ -11,18 +11,18 @@ starts its threads on first use.
 from __future__ import annotations
 
 import ctypes
+
 from gunicorn.app.base import BaseApplication
 from gunicorn.workers.gasgi import ASGIWorker
 from prometheus_client import multiprocess
 
-from .config import ServerConfig
 from .app import create_app
+from .config import ServerConfig
 from .gateway import asgi_app
 from .ingest import start_ingestion
 from .live import close_all
 from .logs import JsonLogger
 from .registry import Registry
-
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3        # glibc <malloc.h>
 

@@ -29,12 +29,12 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import paho.mqtt.client as mqtt
 
-from ..topics import PREFIX, device_topic
+from ..protocol import PREFIX, device_topic
 from . import metrics
 from .config import ServerConfig
 from .registry import Registry

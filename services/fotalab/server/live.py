@@ -26,7 +26,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from typing import Iterator
+from collections.abc import Iterator
 
 from .fleetview import device_view, rollout_view
 from .registry import Registry
@@ -38,7 +38,7 @@ MAX_PENDING = 64             # batches a stream may fall behind before it is end
 START_SLACK_S = 10.0         # a new feed rereads this far back: a write waiting for the lock then is not missed
 EVENTS_PER_POLL = 500
 HANGUP = "fotalab.hangup"       # ASGI scope key of a stream request's Hangup (gateway.StreamWatch)
-_HUBS: "weakref.WeakSet[LiveHub]" = weakref.WeakSet()
+_HUBS: weakref.WeakSet[LiveHub] = weakref.WeakSet()
 
 
 def sse(kind: str, data: object, *, retry_ms: int | None = None) -> bytes:

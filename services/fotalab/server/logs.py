@@ -20,13 +20,13 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
-from typing import Awaitable, Callable, Mapping, TextIO
+from typing import TextIO
 
 from gunicorn.glogging import Logger
 
 from . import metrics
-
 
 _pid = os.getpid()      # kept, not asked per request line: os.getpid() is a system call
 

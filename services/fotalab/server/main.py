@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, OSError, RuntimeError, sqlite3.Error) as exc:
         print(f"fota-server: cannot start: {exc}", file=sys.stderr)
         return 2
-    from .gunicorn_app import GunicornServer     # only now: prometheus_client reads METRICS_ENV at import
+    from .gunicorn_app import GunicornServer  # only now: prometheus_client reads METRICS_ENV at import
     GunicornServer(config).run()
     return 0
 

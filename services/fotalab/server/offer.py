@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..image import parse_version
+from ..formats.image import parse_version
 from .artifacts import Artifact, ReleaseIndex
 
 

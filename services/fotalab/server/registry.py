@@ -18,10 +18,11 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from dataclasses import replace
-from typing import Iterator, NamedTuple, Sequence
+from pathlib import Path
+from typing import NamedTuple
 
 from .rollouts import Decision, Rollout, RolloutError, dumps, loads
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Mapping
 
 RUNNING, PAUSED, ABORTED, COMPLETED = "running", "paused", "aborted", "completed"
 ACTIVE = (RUNNING, PAUSED)
@@ -42,7 +42,7 @@ class Policy:
     backoff_s: float = 10.0           # first retry delay, doubled on each retry
     rehint_s: float = 30.0            # re-send a hint the device has not answered after this long
 
-    def checked(self) -> "Policy":
+    def checked(self) -> Policy:
         if not 0 < self.success_ratio <= 1:
             raise RolloutError(f"success ratio must be in (0, 1], got {self.success_ratio}")
         if not 0 <= self.max_failure_ratio < 1:

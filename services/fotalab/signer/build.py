@@ -16,14 +16,14 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from ..delta import best_delta
-from ..image import ImageHeader, build_image
-from ..manifest import ArtifactRef, DeltaRef, Manifest, parse_document, sign_manifest
-from ..rotation import CHAIN_NAME
-from ..signing import Signer
+from ..formats.delta import best_delta
+from ..formats.image import ImageHeader, build_image
+from ..formats.manifest import ArtifactRef, DeltaRef, Manifest, parse_document, sign_manifest
+from ..formats.rotation import CHAIN_NAME
+from ..formats.signing import Signer
 from .fwgen import firmware_versions
 from .releases import ReleasePlan, ReleaseSpec
 
@@ -99,7 +99,7 @@ def build_releases(plan: ReleasePlan, signer: Signer, firmware_dir: Path, out: P
                    now: datetime | None = None, rotations: list[bytes] = ()) -> BuildReport:
     """Build every release; `rotations` (oldest first) are published as key-rotations.json so
     devices provisioned with an earlier key can follow the chain to the current one."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     store = ReleaseStore(out)
     previous = store.previous_index()
     reuse = previous.get("key_id") == signer.key_id

@@ -11,8 +11,8 @@ import os
 import shutil
 from pathlib import Path
 
-from ..rotation import make_rotation
-from ..signing import Signer, generate_private_key, private_key_pem, public_key_pem
+from ..formats.rotation import make_rotation
+from ..formats.signing import Signer, generate_private_key, private_key_pem, public_key_pem
 
 PRIVATE = "release-key.pem"
 PUBLIC = "release-key.pub.pem"

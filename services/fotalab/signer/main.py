@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..signing import ALGORITHMS
+from ..formats.signing import ALGORITHMS
 from .build import build_releases
 from .keys import ensure_keys, rotate_keys, rotation_chain
 from .releases import ReleaseListError, load_plan
@@ -27,7 +27,7 @@ class SignerConfig:
     key_algorithm: str = "rsa-pss-3072"
 
     @classmethod
-    def from_env(cls) -> "SignerConfig":
+    def from_env(cls) -> SignerConfig:
         d = cls()
         return cls(Path(os.environ.get("FOTA_FIRMWARE_DIR", d.firmware_dir)),
                    Path(os.environ.get("FOTA_KEYS_DIR", d.keys_dir)),

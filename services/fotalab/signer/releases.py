@@ -5,7 +5,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..image import Behaviour, parse_version
+from ..formats.image import Behaviour, parse_version
 
 
 @dataclass(frozen=True)

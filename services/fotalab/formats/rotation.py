@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from .manifest import canonical
 from .signing import SignatureError, Signer, Verifier, key_id
@@ -27,7 +27,7 @@ class RotationError(ValueError):
 def make_rotation(old: Signer, new_public_pem: bytes, now: datetime | None = None) -> bytes:
     signed = {"type": ROTATION_TYPE, "old_key_id": old.key_id, "new_key_id": key_id(new_public_pem),
               "new_public_key": new_public_pem.decode(),
-              "issued": (now or datetime.now(timezone.utc)).replace(microsecond=0).isoformat()}
+              "issued": (now or datetime.now(UTC)).replace(microsecond=0).isoformat()}
     signature = base64.b64encode(old.sign(canonical(signed))).decode()
     return json.dumps({"signed": signed, "signatures": [{"keyid": old.key_id, "sig": signature}]},
                       indent=1, sort_keys=True).encode()

@@ -39,8 +39,8 @@ import struct
 import sys
 import zlib
 from array import array
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 __all__ = [
     "CHUNK",
@@ -255,7 +255,7 @@ class _MoveMap:
         self.shifts = shifts
 
     @classmethod
-    def from_controls(cls, controls, minseg: int) -> "_MoveMap":
+    def from_controls(cls, controls, minseg: int) -> _MoveMap:
         segs = []
         oldpos = newpos = 0
         for x, y, z in controls:
@@ -304,7 +304,7 @@ def _zz(n: int) -> int:
     return n << 1 if n >= 0 else ((-n) << 1) - 1
 
 
-def _read_outmap(c: "_Cursor") -> _OutMap | None:
+def _read_outmap(c: _Cursor) -> _OutMap | None:
     k = c.uvarint(_MAX_OUT_STEPS)
     if not k:
         return None
@@ -840,7 +840,7 @@ class _Bz2Reader:
 
 
 def _run(old, controls: Iterator[tuple[int, int, int]], diff, extra, new_size: int,
-         write: Callable[[bytes], None], reloc: "_Relocator | None") -> None:
+         write: Callable[[bytes], None], reloc: _Relocator | None) -> None:
     """Apply bsdiff-style controls; every value was range-checked by the caller's iterator."""
     oldpos = newpos = 0
     for x, y, z in controls:
@@ -1152,7 +1152,7 @@ def _pack_streams(enc: str, old: bytes, new: bytes, controls, diff: bytes, extra
     return _container(enc, len(new), [len(old), *arch_fields, len(controls)], streams)
 
 
-def _exact_diff(old: bytes, new: bytes, controls, reloc: "_Relocator | None"):
+def _exact_diff(old: bytes, new: bytes, controls, reloc: _Relocator | None):
     """Diff and extra streams that the applier's exact semantics need for these controls."""
     diff = bytearray()
     extra = bytearray()
@@ -1485,8 +1485,9 @@ def candidates(old: bytes, new: bytes, only: tuple[str, ...] | None = None) -> l
         ctrl_bytes, diff, extra = bsdiff4.core.diff(old, new)
         controls = _controls_from_core(ctrl_bytes)
     if "bsdiff4" in want:
-        import bsdiff4.format
         import io
+
+        import bsdiff4.format
 
         f = io.BytesIO()
         bsdiff4.format.write_patch(f, len(new), ctrl_bytes, diff, extra)

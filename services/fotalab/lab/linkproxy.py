@@ -15,8 +15,8 @@ import random
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 from urllib.parse import parse_qsl, urlencode
 
 PIECE = 512
@@ -93,7 +93,7 @@ class LinkProxy:
     _server: socket.socket | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def start(self) -> "LinkProxy":
+    def start(self) -> LinkProxy:
         self._rng = random.Random(self.seed)
         self._server = socket.create_server((self.bind, self.port))
         self.port = self._server.getsockname()[1]

@@ -22,9 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .device.config import DeviceConfig
-from .device.main import inspect
-from .durable import FAULT_MODES, FaultPlan
+from ..device.config import DeviceConfig
+from ..device.flash import FAULT_MODES, FaultPlan
+from ..device.main import inspect
 from .locallab import Broker, Device, Server, build_releases
 
 

@@ -23,7 +23,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .topics import FLEET_COMMANDS, PREFIX
+from ..protocol import FLEET_COMMANDS, PREFIX
 
 SERVER = "fota-server"
 HEALTH = "fota-health"

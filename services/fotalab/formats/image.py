@@ -17,7 +17,7 @@ import hashlib
 import struct
 from dataclasses import dataclass
 
-from .signing import Signer, SignatureError, Verifier
+from .signing import SignatureError, Signer, Verifier
 
 MAGIC = b"FOTA"
 FORMAT_VERSION = 1
@@ -46,7 +46,7 @@ class Behaviour(enum.Enum):
         return self.name.lower().replace("_", "-")
 
     @classmethod
-    def from_label(cls, label: str) -> "Behaviour":
+    def from_label(cls, label: str) -> Behaviour:
         for member in cls:
             if member.label == label:
                 return member

@@ -10,10 +10,10 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from .image import parse_version
-from .signing import Signer, SignatureError, Verifier
+from .signing import SignatureError, Signer, Verifier
 
 MANIFEST_TYPE = "fota-release"
 SPEC_VERSION = 1
@@ -131,7 +131,7 @@ def verify_manifest(document: bytes, verifier: Verifier, *, hardware: str, runni
     if manifest.hardware != hardware:
         raise ManifestError(f"release {manifest.version} is for hardware {manifest.hardware!r}, this "
                             f"device is {hardware!r}: assign a release built for {hardware!r}")
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     if datetime.fromisoformat(manifest.expires) <= now:
         raise ManifestError(f"manifest of {manifest.version} expired at {manifest.expires}: "
                             "re-run the signer to issue a fresh manifest")

@@ -10,13 +10,13 @@ import json
 import logging
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 
-from ..topics import FLEET_COMMANDS, device_topic
+from ..protocol import FLEET_COMMANDS, device_topic
 
-log = logging.getLogger("fotalab.device.link")
+log = logging.getLogger("fotalab.device.mqttlink")
 
 
 class MqttLink:

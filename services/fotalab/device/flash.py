@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 TMP_SUFFIX = ".tmp"
 FAULT_MODES = ("stop", "tear", "lose")
@@ -36,7 +36,7 @@ class FaultPlan:
     at: int
 
     @classmethod
-    def parse(cls, text: str) -> "FaultPlan":
+    def parse(cls, text: str) -> FaultPlan:
         mode, _, at = text.partition("@")
         if mode not in FAULT_MODES or not at.isdigit() or int(at) < 1:
             raise ValueError(f"flash fault {text!r} is not MODE@N with MODE in {FAULT_MODES} and N >= 1")
@@ -74,7 +74,7 @@ class OpLog:
 class FlashFile:
     """A file open for sequential writing from a given offset."""
 
-    def __init__(self, flash: "Flash", name: str, fd: int, position: int) -> None:
+    def __init__(self, flash: Flash, name: str, fd: int, position: int) -> None:
         self._flash, self.name, self._fd, self.position = flash, name, fd, position
         self._pending: list[tuple[int, bytes]] = []
 
@@ -105,7 +105,7 @@ class FlashFile:
         self._flash.release(self)
         os.close(self._fd)
 
-    def __enter__(self) -> "FlashFile":
+    def __enter__(self) -> FlashFile:
         return self
 
     def __exit__(self, *exc: object) -> None:

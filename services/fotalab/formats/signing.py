@@ -8,6 +8,7 @@ signature by a foreign key is named as such in the error.
 from __future__ import annotations
 
 import hashlib
+
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 
-from .topics import FLEET_COMMANDS, PREFIX, device_topic
+from ..protocol import FLEET_COMMANDS, PREFIX, device_topic
 
 
 class FleetWatcher:
@@ -45,7 +45,7 @@ class FleetWatcher:
         self._client.disconnect()
         self._client.loop_stop()
 
-    def __enter__(self) -> "FleetWatcher":
+    def __enter__(self) -> FleetWatcher:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -67,7 +67,7 @@ class FleetWatcher:
                 self.events.setdefault(device, []).append(json.loads(message.payload))
             self._changed.notify_all()
 
-    def wait_for(self, predicate: Callable[["FleetWatcher"], bool], timeout: float, what: str) -> None:
+    def wait_for(self, predicate: Callable[[FleetWatcher], bool], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         with self._changed:
             while not predicate(self):

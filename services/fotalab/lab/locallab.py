@@ -129,7 +129,7 @@ class Broker:
                     time.sleep(0.05)
             self._enrolled.add(identity)
 
-    def start(self) -> "Broker":
+    def start(self) -> Broker:
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         self.root.mkdir(parents=True, exist_ok=True)
         conf = self.root / "mosquitto.conf"
@@ -196,7 +196,7 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "Server":
+    def start(self) -> Server:
         env = {**os.environ, "FOTA_RELEASES_DIR": str(self.releases), "FOTA_SERVER_BIND": f"127.0.0.1:{self.port}",
                "FOTA_DEFAULT_RELEASE": self.default_release, "FOTA_SERVER_WORKERS": str(self.workers),
                "FOTA_DATA_DIR": str(self.data_dir), "FOTA_MQTT_CLIENT_ID": self.mqtt_client_id}
@@ -255,7 +255,7 @@ class Device:
         """Everything the device's processes printed, across power cuts."""
         return self.flash_dir.parent / f"{self.device_id}.log"
 
-    def start(self, **extra_env: str) -> "Device":
+    def start(self, **extra_env: str) -> Device:
         self.broker.enroll(self.device_id)
         log = self.log.open("ab")
         self.process = subprocess.Popen([sys.executable, "-m", "fotalab.device.main", "run"],

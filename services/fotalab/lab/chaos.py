@@ -29,9 +29,9 @@ from pathlib import Path
 
 import requests
 
+from ..formats.image import parse_version
 from .composelab import ComposeLab
 from .fleetwatch import FleetWatcher
-from .image import parse_version
 from .provision import SERVER
 
 PHASES = {"checking": "checking", "downloading": "downloading", "installing": "patching",
