@@ -12,22 +12,34 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import requests
 
-from .envsecret import SecretFileError, read_secret
+from .envconfig import ConfigError, Env
+from .protocol import Outcome, RolloutStatus
 
 BAR = 24
 QUIET_FIELDS = {"ts", "event", "device", "hardware", "image_sha256", "security_counter", "verified", "confirmed"}
-DONE = ("completed", "paused", "aborted")
+DONE = (RolloutStatus.COMPLETED, RolloutStatus.PAUSED, RolloutStatus.ABORTED)
 
 
 class CliError(Exception):
     """What went wrong and what to do; printed without a traceback, exit code 1."""
+
+
+@dataclass(frozen=True)
+class CliConfig:
+    server_url: str = "http://localhost:8000"
+    api_token: str = ""                # needed only by commands that change state
+
+    @classmethod
+    def from_env(cls, env: Env | None = None) -> CliConfig:
+        env = env or Env()
+        return cls(server_url=env.text("FOTA_SERVER_URL", cls.server_url), api_token=env.secret("FOTA_API_TOKEN"))
 
 
 class Api:
@@ -64,11 +76,11 @@ def render_rollout(rollout: dict) -> str:
     lines = [f"rollout {rollout['id']}: {rollout['release']} to {json.dumps(rollout['selection'])}  "
              f"{rollout['status'].upper()}  {rollout['reason']}".rstrip()]
     for phase in rollout["phases"]:
-        failed = phase["rolled_back"] + phase["failed"]
+        failed = phase[Outcome.ROLLED_BACK] + phase[Outcome.FAILED]
         lines.append(f"  phase {phase['phase']} ({phase['devices']} devices, {phase['state']:>7}) "
                      f"{bar(phase['committed'], phase['devices'])}" + (f"  {failed} failed" if failed else ""))
     for device in rollout["devices"]:
-        detail = device["reason"] or ("" if device["status"] in ("pending", "committed") else "in progress")
+        detail = device["reason"] or ("" if device["status"] in (Outcome.PENDING, Outcome.COMMITTED) else "in progress")
         lines.append(f"    {device['device_id']:<16} phase {device['phase']}  {device['status']:<11} "
                      f"attempts {device['attempts']}  {detail}".rstrip())
     if rollout["quarantined"]:
@@ -115,7 +127,8 @@ def watch(api: Api, rollout_id: int, as_json: bool, interval_s: float, out=sys.s
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="fota", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    top = argparse.ArgumentParser(prog="fota", description=__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     top.add_argument("--server", help="server URL (default: FOTA_SERVER_URL or http://localhost:8000)")
     top.add_argument("--json", action="store_true", help="print JSON instead of text")
     commands = top.add_subparsers(dest="command", required=True, metavar="command")
@@ -144,7 +157,8 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--success-ratio", type=float, help="committed share of a phase to go on (default 1)")
     create.add_argument("--max-failure-ratio", type=float, help="failures per device offered that trip the gate "
                                                                "(default 0: any failure)")
-    create.add_argument("--on-failure", choices=("paused", "aborted"), help="what a tripped gate does (paused)")
+    create.add_argument("--on-failure", choices=(RolloutStatus.PAUSED, RolloutStatus.ABORTED),
+                        help="what a tripped gate does (paused)")
     create.add_argument("--max-retries", type=int, help="transient failures retried per device (default 3)")
     create.add_argument("--backoff", type=float, help="first retry delay in seconds, doubled each time (10)")
     create.add_argument("--watch", action="store_true", help="then watch it")
@@ -197,14 +211,15 @@ def run(args: argparse.Namespace, api: Api, out=sys.stdout) -> int:
                                                  "phases": [p.strip() for p in args.phases.split(",")],
                                                  "policy": policy})
         if args.watch:
-            return 0 if watch(api, created["id"], args.json, 1.0, out)["status"] == "completed" else 3
+            return 0 if watch(api, created["id"], args.json, 1.0, out)["status"] == RolloutStatus.COMPLETED else 3
         emit(created, render_rollout(created))
     elif args.action == "list":
         found = api.call("GET", "/rollouts")
         emit(found, table([{**r, "devices": len(r["devices"]), "phase": f"{r['phase'] + 1}/{len(r['phases'])}"}
                            for r in found["rollouts"]], ["id", "release", "status", "phase", "devices", "reason"]))
     elif args.action == "watch":
-        return 0 if watch(api, args.rollout_id, args.json, args.interval, out)["status"] == "completed" else 3
+        finished = watch(api, args.rollout_id, args.json, args.interval, out)
+        return 0 if finished["status"] == RolloutStatus.COMPLETED else 3
     elif args.action == "show":
         found = api.call("GET", f"/rollouts/{args.rollout_id}")
         emit(found, render_rollout(found))
@@ -214,13 +229,6 @@ def run(args: argparse.Namespace, api: Api, out=sys.stdout) -> int:
     return 0
 
 
-def token_from(env: dict[str, str] | os._Environ) -> str:
-    try:
-        return read_secret(env, "FOTA_API_TOKEN")
-    except SecretFileError as exc:
-        raise CliError(str(exc)) from None
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["chaos"]:      # on the host, next to Docker: `fota chaos --help`
@@ -228,9 +236,9 @@ def main(argv: list[str] | None = None) -> int:
         return chaos(argv[1:])
     args = parser().parse_args(argv)
     try:
-        api = Api(args.server or os.environ.get("FOTA_SERVER_URL", "http://localhost:8000"), token_from(os.environ))
-        return run(args, api)
-    except CliError as exc:
+        config = CliConfig.from_env()
+        return run(args, Api(args.server or config.server_url, config.api_token))
+    except (CliError, ConfigError) as exc:
         print(f"fota: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

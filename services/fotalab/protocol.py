@@ -28,6 +28,13 @@ def device_topic(device_id: str, kind: str) -> str:
     return f"{PREFIX}/devices/{device_id}/{kind}"
 
 
+class Command(StrEnum):
+    """What the server (or an operator's trigger) asks a device on its command topic: hints only."""
+    UPDATE = "update"                # check the server for an assignment and install it
+    CHECK = "check"                  # the same; kept for the seed's scripts
+    REPORT = "report"                # publish the current state again
+
+
 class State(StrEnum):
     """What a device reports on its retained state topic."""
     CHECKING = "checking"

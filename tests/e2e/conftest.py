@@ -59,7 +59,7 @@ def compose_lab(docker_engine):
     lab = ComposeLab(f"fotalab-e2e-{uuid.uuid4().hex[:6]}", REPO, {
         "MQTT_PORT": str(free_port()), "SERVER_PORT": str(free_port()),
         # a slow link (NB-IoT-like) so a download lasts long enough to be cut by `docker kill`
-        "FOTA_LINK_KBPS": os.environ.get("FOTA_E2E_LINK_KBPS", "4"),
+        "FOTA_RADIO_KBPS": os.environ.get("FOTA_E2E_RADIO_KBPS", "4"),
         "FOTA_CHUNK_SIZE": "1024"})
     try:
         lab.compose("build")

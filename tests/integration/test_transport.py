@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from fotalab.device.engine import TransportError
+from fotalab.device.errors import TransportError
 from fotalab.device.transport import HttpTransport
 from fotalab.lab.linkproxy import LinkProxy
 

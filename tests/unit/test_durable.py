@@ -1,7 +1,8 @@
 """The storage layer's fault injection: stop, tear and lose at a chosen operation."""
 import pytest
 
-from fotalab.device.flash import FaultPlan, Flash, FlashDisciplineError
+from fotalab.device.errors import FlashDisciplineError
+from fotalab.device.flash import FaultPlan, Flash
 
 
 class PowerCut(Exception):

@@ -12,7 +12,7 @@ from device_harness import FakeServer, Recorder, boot_records, in_process_patche
 
 from fotalab.device import journal as jr
 from fotalab.device.bootctl import BootControl
-from fotalab.device.engine import Reboot, TransportError
+from fotalab.device.errors import Reboot, TransportError
 from fotalab.device.flash import Flash
 from fotalab.formats.manifest import DeltaRef
 from samples import edit, flip, make_image, make_payload
@@ -168,7 +168,7 @@ def test_rolled_back_release_is_reported_and_quarantined(tmp_path, factory_dir, 
 
 
 def test_delta_that_fails_to_apply_falls_back_to_the_full_image(tmp_path, factory_dir, server, release):
-    from fotalab.device.engine import UpdateFailed
+    from fotalab.device.errors import UpdateFailed
 
     def rejecting_patcher(base, artifact, encoding, max_output):
         if encoding:

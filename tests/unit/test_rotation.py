@@ -7,7 +7,7 @@ import pytest
 from device_harness import power_on, sha
 
 from fotalab.device.bootctl import BootControl, committed
-from fotalab.device.engine import Reboot
+from fotalab.device.errors import Reboot
 from fotalab.device.flash import Flash
 from fotalab.device.trust import ANCHOR, PENDING
 from fotalab.formats.image import Behaviour

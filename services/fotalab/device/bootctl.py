@@ -11,6 +11,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, replace
 
+from ..protocol import RollbackCause
 from .flash import Flash
 
 COPIES = ("bootctl.0", "bootctl.1")
@@ -35,7 +36,7 @@ class Rollback:
     sha256: str
     reason: str
     seq: int
-    cause: str = "firmware"   # "firmware" (it failed its trial), "power" (cut too often), "verification"
+    cause: str = RollbackCause.FIRMWARE
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ def committed(state: BootState, image_counter: int) -> BootState:
 
 
 def reverted(state: BootState, to_slot: str, *, version: str, sha256: str, reason: str,
-             cause: str = "firmware") -> BootState:
+             cause: str = RollbackCause.FIRMWARE) -> BootState:
     return replace(state, active=to_slot, confirmed=True, previous=None, attempts=0, power_cuts=0,
                    rollback=Rollback(state.active, version, sha256, reason, state.seq + 1, cause))
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..formats.image import ImageError, ImageHeader, parse_image, verify_image
 from ..formats.signing import Verifier
+from ..protocol import ResetReason, RollbackCause
 from .bootctl import BootControl, BootState, factory_state, other_slot, reverted, slot_file
 from .flash import Flash
 from .trust import ANCHOR, load_verifier
@@ -38,10 +39,6 @@ class BootPlan:
     message: str
 
 
-class BrickedError(RuntimeError):
-    """Neither slot holds an image this device may run."""
-
-
 def check_slot(flash: Flash, slot: str, verifier: Verifier) -> SlotCheck:
     raw = flash.read(slot_file(slot)) or b""
     sha = hashlib.sha256(raw).hexdigest()
@@ -63,7 +60,6 @@ def _bootable(check: SlotCheck, state: BootState) -> str:
     return ""
 
 
-POWER_ON = "power-on"
 
 
 def plan_boot(state: BootState, check: Callable[[str], SlotCheck], *, limit: int, reset_reason: str,
@@ -74,7 +70,7 @@ def plan_boot(state: BootState, check: Callable[[str], SlotCheck], *, limit: int
     rollback for that reason does not condemn the release."""
     message = ""
     if not state.confirmed:
-        if reset_reason == POWER_ON and state.attempts > 0:
+        if reset_reason == ResetReason.POWER_ON and state.attempts > 0:
             state = replace(state, attempts=state.attempts - 1, power_cuts=state.power_cuts + 1)
         if (state.attempts >= limit or state.power_cuts >= power_cut_limit) and state.previous:
             trial = check(state.active)
@@ -83,7 +79,7 @@ def plan_boot(state: BootState, check: Callable[[str], SlotCheck], *, limit: int
                       + (f"{state.attempts} attempts (last reset: {reset_reason})" if by_firmware else
                          f"{state.power_cuts} power cuts"))
             state = reverted(state, state.previous, version=trial.version, sha256=trial.sha256, reason=reason,
-                             cause="firmware" if by_firmware else "power")
+                             cause=RollbackCause.FIRMWARE if by_firmware else RollbackCause.POWER)
             message = f"reverted to slot {state.active}: {reason}"
         else:
             state = replace(state, attempts=state.attempts + 1)
@@ -98,7 +94,7 @@ def plan_boot(state: BootState, check: Callable[[str], SlotCheck], *, limit: int
     if not fallback_problem:
         reason = f"slot {state.active} failed verification: {problem}"
         state = reverted(state, fallback_slot, version=chosen.version, sha256=chosen.sha256, reason=reason,
-                         cause="verification")
+                         cause=RollbackCause.VERIFICATION)
         return BootPlan(state, fallback, f"{reason}; booting slot {fallback_slot}")
     return BootPlan(state, None, f"no bootable image: slot {state.active}: {problem}; "
                                  f"slot {fallback_slot}: {fallback_problem}")

@@ -1,13 +1,16 @@
 """Device settings: one dataclass, read from the environment only at the entry point."""
 from __future__ import annotations
 
-import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..envsecret import read_secret
+from ..envconfig import Env
+from ..protocol import ResetReason
 from .flash import FaultPlan
+
+# Variables renamed, current name -> the old one users may still set.
+RENAMED = {"FOTA_RADIO_KBPS": "FOTA_LINK_KBPS"}   # the device's radio, not the link proxy (FOTA_LINK_*)
 
 
 def provisioned_password(credentials_dir: Path, username: str) -> str:
@@ -36,7 +39,7 @@ class DeviceConfig:
     trial_soak_s: float = 5.0          # and the firmware must then stay up this long
     chunk_size: int = 64 * 1024
     http_timeout_s: float = 10.0
-    link_kbps: float = 0.0             # simulated link speed; 0 = as fast as the network allows
+    radio_kbps: float = 0.0            # the device paces its own reads to this radio speed; 0 = unpaced
     min_rate_bps: float = 32.0         # a transfer slower than this over rate_window_s is retried
     rate_window_s: float = 30.0
     patch_memory_mb: int = 512
@@ -44,6 +47,10 @@ class DeviceConfig:
     flash_writeback: bool = False
     flash_fault: FaultPlan | None = None
     flash_oplog: Path | None = None
+    # What the supervisor hands the firmware process it boots, as a reset circuit would:
+    reset_reason: str = ResetReason.POWER_ON
+    watchdog_fd: int | None = None     # pipe end the firmware kicks
+    supervisor_pid: int | None = None  # a power cut in a flash fault takes the supervisor along
 
     @property
     def alive_file(self) -> Path:
@@ -59,38 +66,41 @@ class DeviceConfig:
         return self.factory_dir / "trust.pem"
 
     @classmethod
-    def from_env(cls, env: os._Environ | dict = os.environ) -> DeviceConfig:
-        def get(name: str, default: object) -> str:
-            return env.get(f"FOTA_{name}", str(default))
-        defaults = cls(device_id="")
-        username = get("MQTT_USERNAME", get("DEVICE_ID", socket.gethostname()))
-        fault, oplog = env.get("FOTA_FLASH_FAULT"), env.get("FOTA_FLASH_OPLOG")
+    def from_env(cls, env: Env | None = None) -> DeviceConfig:
+        """Every FOTA_* setting of a device, validated (a bad one is a ConfigError naming it)."""
+        env = env or Env(renamed=RENAMED)
+        d = cls(device_id="")
+        device_id = env.text("FOTA_DEVICE_ID", socket.gethostname())
+        username = env.text("FOTA_MQTT_USERNAME", device_id)
         return cls(
-            device_id=get("DEVICE_ID", socket.gethostname()),
-            hardware=get("HARDWARE", defaults.hardware),
-            group=get("DEVICE_GROUP", defaults.group),
-            flash_dir=Path(get("FLASH_DIR", defaults.flash_dir)),
-            factory_dir=Path(get("FACTORY_DIR", defaults.factory_dir)),
-            mqtt_host=get("MQTT_HOST", defaults.mqtt_host),
-            mqtt_port=int(get("MQTT_PORT", defaults.mqtt_port)),
+            device_id=device_id,
+            hardware=env.text("FOTA_HARDWARE", d.hardware),
+            group=env.text("FOTA_DEVICE_GROUP", d.group),
+            flash_dir=env.path("FOTA_FLASH_DIR", d.flash_dir),
+            factory_dir=env.path("FOTA_FACTORY_DIR", d.factory_dir),
+            mqtt_host=env.text("FOTA_MQTT_HOST", d.mqtt_host),
+            mqtt_port=env.integer("FOTA_MQTT_PORT", d.mqtt_port, minimum=1, maximum=65535),
             mqtt_username=username,
-            mqtt_password=read_secret(env, "FOTA_MQTT_PASSWORD") or provisioned_password(
-                Path(get("CREDENTIALS_DIR", "/credentials")), username),
-            server_url=get("SERVER_URL", defaults.server_url),
-            boot_limit=int(get("BOOT_LIMIT", defaults.boot_limit)),
-            power_cut_limit=int(get("POWER_CUT_LIMIT", defaults.power_cut_limit)),
-            watchdog_s=float(get("WATCHDOG_S", defaults.watchdog_s)),
-            reset_delay_s=float(get("RESET_DELAY_S", defaults.reset_delay_s)),
-            health_timeout_s=float(get("HEALTH_TIMEOUT_S", defaults.health_timeout_s)),
-            trial_soak_s=float(get("TRIAL_SOAK_S", defaults.trial_soak_s)),
-            chunk_size=int(get("CHUNK_SIZE", defaults.chunk_size)),
-            http_timeout_s=float(get("HTTP_TIMEOUT_S", defaults.http_timeout_s)),
-            link_kbps=float(get("LINK_KBPS", defaults.link_kbps)),
-            min_rate_bps=float(get("MIN_RATE_BPS", defaults.min_rate_bps)),
-            rate_window_s=float(get("RATE_WINDOW_S", defaults.rate_window_s)),
-            patch_memory_mb=int(get("PATCH_MEMORY_MB", defaults.patch_memory_mb)),
-            patch_timeout_s=float(get("PATCH_TIMEOUT_S", defaults.patch_timeout_s)),
-            flash_writeback=get("FLASH_WRITEBACK", "0") not in ("0", "", "false", "no"),
-            flash_fault=FaultPlan.parse(fault) if fault else None,
-            flash_oplog=Path(oplog) if oplog else None,
+            mqtt_password=env.secret("FOTA_MQTT_PASSWORD") or provisioned_password(
+                env.path("FOTA_CREDENTIALS_DIR", "/credentials"), username),
+            server_url=env.text("FOTA_SERVER_URL", d.server_url),
+            boot_limit=env.integer("FOTA_BOOT_LIMIT", d.boot_limit, minimum=1),
+            power_cut_limit=env.integer("FOTA_POWER_CUT_LIMIT", d.power_cut_limit, minimum=1),
+            watchdog_s=env.number("FOTA_WATCHDOG_S", d.watchdog_s, minimum=0.1),
+            reset_delay_s=env.number("FOTA_RESET_DELAY_S", d.reset_delay_s, minimum=0),
+            health_timeout_s=env.number("FOTA_HEALTH_TIMEOUT_S", d.health_timeout_s, minimum=0),
+            trial_soak_s=env.number("FOTA_TRIAL_SOAK_S", d.trial_soak_s, minimum=0),
+            chunk_size=env.integer("FOTA_CHUNK_SIZE", d.chunk_size, minimum=256),
+            http_timeout_s=env.number("FOTA_HTTP_TIMEOUT_S", d.http_timeout_s, minimum=0.1),
+            radio_kbps=env.number("FOTA_RADIO_KBPS", d.radio_kbps, minimum=0),
+            min_rate_bps=env.number("FOTA_MIN_RATE_BPS", d.min_rate_bps, minimum=0),
+            rate_window_s=env.number("FOTA_RATE_WINDOW_S", d.rate_window_s, minimum=1),
+            patch_memory_mb=env.integer("FOTA_PATCH_MEMORY_MB", d.patch_memory_mb, minimum=16),
+            patch_timeout_s=env.number("FOTA_PATCH_TIMEOUT_S", d.patch_timeout_s, minimum=1),
+            flash_writeback=env.flag("FOTA_FLASH_WRITEBACK", d.flash_writeback),
+            flash_fault=env.parsed("FOTA_FLASH_FAULT", FaultPlan.parse, "a flash fault MODE@N"),
+            flash_oplog=env.optional_path("FOTA_FLASH_OPLOG"),
+            reset_reason=env.text("FOTA_RESET_REASON", d.reset_reason),
+            watchdog_fd=env.parsed("FOTA_WATCHDOG_FD", int, "a file descriptor number"),
+            supervisor_pid=env.parsed("FOTA_SUPERVISOR_PID", int, "a process id"),
         )

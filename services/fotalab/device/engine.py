@@ -18,25 +18,16 @@ from ..formats.image import ImageError, verify_image
 from ..formats.manifest import Manifest, ManifestError, parse_document, parse_manifest, verify_manifest
 from ..formats.rotation import CHAIN_NAME, RotationError, parse_chain, successor
 from ..formats.signing import Verifier
+from ..protocol import Event, RollbackCause, State
 from . import journal as jr
 from .bootctl import BootControl, BootState, committed, other_slot, slot_file, staged
 from .bootloader import SlotCheck
+from .errors import Reboot, TransportError, UpdateFailed
 from .flash import Flash
 from .trust import finish_rotation, stage_successor
 
 QUARANTINE = "quarantine.json"
-
-
-class TransportError(Exception):
-    """A transient network failure: retried with backoff, the download resumes."""
-
-
-class UpdateFailed(Exception):
-    """The update was refused or failed for good; the running image is untouched."""
-
-
-class Reboot(Exception):
-    """Restart into the bootloader (raised after staging and after a failed trial)."""
+IDLE = "idle"        # resume(): no update pending and nothing to report (not a wire state)
 
 
 class Transport(Protocol):
@@ -74,29 +65,29 @@ class UpdateEngine:
 
     # -- after every boot
     def resume(self) -> str:
-        """Reconcile the journal with the boot record; returns 'trial', 'idle' or a result."""
+        """Reconcile the journal with the boot record; returns State.TRIAL, IDLE or a result state."""
         state = self._boot_state()
         if not state.confirmed:
-            return "trial"
+            return State.TRIAL
         job = jr.load(self.flash)
         if job is None:
             self._finish_rotation()
-            return "idle"
+            return IDLE
         target_sha = self._manifest_of(job).image.sha256
         if self.running.sha256 == target_sha:
             self._finish_rotation()
             jr.clear(self.flash)   # committed before the cut that kept the journal
-            self.reporter.state("committed", target=job.version)
-            return "committed"
+            self.reporter.state(State.COMMITTED, target=job.version)
+            return State.COMMITTED
         if state.rollback and state.rollback.sha256 == target_sha and state.rollback.seq > job.started_seq:
-            if state.rollback.cause == "firmware":     # power cuts or bit rot do not condemn a release
+            if state.rollback.cause == RollbackCause.FIRMWARE:     # power cuts or bit rot do not condemn a release
                 self._quarantine(target_sha)
             self._finish_rotation()
             jr.clear(self.flash)
-            self.reporter.event("rolled_back", target=job.version, reason=state.rollback.reason)
-            self.reporter.state("rolled_back", target=job.version, reason=state.rollback.reason)
-            return "rolled_back"
-        self.reporter.event("update_resumed", target=job.version, phase=job.phase, offset=job.offset)
+            self.reporter.event(Event.ROLLED_BACK, target=job.version, reason=state.rollback.reason)
+            self.reporter.state(State.ROLLED_BACK, target=job.version, reason=state.rollback.reason)
+            return State.ROLLED_BACK
+        self.reporter.event(Event.UPDATE_RESUMED, target=job.version, phase=job.phase, offset=job.offset)
         return self._run(job)
 
     def confirm(self) -> None:
@@ -108,43 +99,43 @@ class UpdateEngine:
         self._finish_rotation()
         job = jr.load(self.flash)
         jr.clear(self.flash)
-        self.reporter.event("committed", version=self.running.version)
-        self.reporter.state("committed", target=job.version if job else self.running.version)
+        self.reporter.event(Event.COMMITTED, version=self.running.version)
+        self.reporter.state(State.COMMITTED, target=job.version if job else self.running.version)
 
     def reject_trial(self, reason: str) -> None:
-        self.reporter.event("trial_failed", version=self.running.version, reason=reason)
-        self.reporter.state("trial_failed", reason=reason)
+        self.reporter.event(Event.TRIAL_FAILED, version=self.running.version, reason=reason)
+        self.reporter.state(State.TRIAL_FAILED, reason=reason)
         raise Reboot(f"trial failed: {reason}")
 
     # -- on a command (a hint to check the server)
     def check(self) -> str:
         state = self._boot_state()
         if not state.confirmed:
-            return "trial"
-        self.reporter.state("checking")
+            return State.TRIAL
+        self.reporter.state(State.CHECKING)
         try:
             document = self._with_retries("manifest", lambda: self.transport.fetch_manifest(
                 device_id=self.config.device_id, hardware=self.config.hardware,
                 version=self.running.version, image_sha256=self.running.sha256))
         except UpdateFailed as exc:
-            self.reporter.state("failed", reason=str(exc))
-            return "failed"
+            self.reporter.state(State.FAILED, reason=str(exc))
+            return State.FAILED
         if document is None:
-            self.reporter.state("up_to_date")
-            return "up_to_date"
+            self.reporter.state(State.UP_TO_DATE)
+            return State.UP_TO_DATE
         try:
             new_key_id, chain = self._rotation_for(document)
             manifest = self._verify(document, self._verifier_for(new_key_id, chain))
         except UpdateFailed as exc:
-            self.reporter.event("rejected", reason=str(exc))
-            self.reporter.state("failed", reason=str(exc))
-            return "failed"
+            self.reporter.event(Event.REJECTED, reason=str(exc))
+            self.reporter.state(State.FAILED, reason=str(exc))
+            return State.FAILED
         job = jr.load(self.flash)
         if job is None or self._manifest_of(job).image.sha256 != manifest.image.sha256:
             jr.clear(self.flash)
             job = jr.store(self.flash, self._new_job(document, manifest, state).advance(
                 new_key_id=new_key_id, rotation=chain))
-            self.reporter.event("update_started", target=job.version, artifact=job.artifact.kind,
+            self.reporter.event(Event.UPDATE_STARTED, target=job.version, artifact=job.artifact.kind,
                                 length=job.artifact.length)
         return self._run(job)
 
@@ -156,9 +147,9 @@ class UpdateEngine:
                 job = self._download(job)
             return self._install(job, manifest)
         except UpdateFailed as exc:
-            self.reporter.event("failed", target=job.version, reason=str(exc))
-            self.reporter.state("failed", target=job.version, reason=str(exc))
-            return "failed"
+            self.reporter.event(Event.FAILED, target=job.version, reason=str(exc))
+            self.reporter.state(State.FAILED, target=job.version, reason=str(exc))
+            return State.FAILED
 
     def _new_job(self, document: bytes, manifest: Manifest, state: BootState) -> jr.Journal:
         delta = manifest.delta_for(self.running.sha256)
@@ -176,7 +167,7 @@ class UpdateEngine:
         offset = min(job.offset, self.flash.size(jr.DOWNLOAD))
         if offset:
             job = jr.store(self.flash, job.advance(resumes=job.resumes + 1, offset=offset))
-            self.reporter.event("download_resumed", target=job.version, offset=offset, length=artifact.length)
+            self.reporter.event(Event.DOWNLOAD_RESUMED, target=job.version, offset=offset, length=artifact.length)
         url = f"/artifacts/{artifact.sha256}"
         with self.flash.open_at(jr.DOWNLOAD, offset) as part:
             def fetch() -> None:
@@ -186,7 +177,7 @@ class UpdateEngine:
                     part.write(chunk)
                     part.sync()
                     job = jr.store(self.flash, job.advance(offset=part.position))
-                    self.reporter.state("downloading", target=job.version, offset=part.position,
+                    self.reporter.state(State.DOWNLOADING, target=job.version, offset=part.position,
                                         length=artifact.length, progress=round(part.position / artifact.length, 4))
                     if part.position >= artifact.length:
                         return
@@ -202,7 +193,7 @@ class UpdateEngine:
                                f"{digest[:16]}, but the signed manifest says {artifact.length} bytes, "
                                f"{artifact.sha256[:16]}: discarded, the running image is untouched; the server's "
                                "copy or the link delivered bad bytes (the next update hint downloads it again)")
-        self.reporter.event("downloaded", target=job.version, length=artifact.length, resumes=job.resumes)
+        self.reporter.event(Event.DOWNLOADED, target=job.version, length=artifact.length, resumes=job.resumes)
         return jr.store(self.flash, job.advance(phase="install"))
 
     def _install(self, job: jr.Journal, manifest: Manifest) -> str:
@@ -210,7 +201,7 @@ class UpdateEngine:
         if target == self.running.slot:
             raise UpdateFailed(f"refusing to write slot {target}: it holds the running image")
         artifact = job.artifact
-        self.reporter.state("installing", target=job.version, slot=target)
+        self.reporter.state(State.INSTALLING, target=job.version, slot=target)
         if artifact.kind == "delta" and artifact.base_sha256 != self.running.sha256:
             jr.clear(self.flash)
             raise UpdateFailed("delta base does not match the running image; check again for a full image")
@@ -226,10 +217,10 @@ class UpdateEngine:
                 jr.clear(self.flash)
                 raise
             # a delta that verifies but does not apply is useless here: fetch the full image
-            self.reporter.event("delta_rejected", target=job.version, reason=str(exc))
+            self.reporter.event(Event.DELTA_REJECTED, target=job.version, reason=str(exc))
             image = manifest.image
-            job = jr.store(self.flash, job.advance(phase="download", offset=0,
-                                                   artifact=jr.Artifact("image", image.name, image.sha256, image.length)))
+            full = jr.Artifact("image", image.name, image.sha256, image.length)
+            job = jr.store(self.flash, job.advance(phase="download", offset=0, artifact=full))
             return self._install(self._download(job), manifest)
         image = self.flash.read(slot_file(target)) or b""
         problem = ""
@@ -249,8 +240,8 @@ class UpdateEngine:
         if job.rotation:
             stage_successor(self.flash, job.new_key_id, job.rotation)
         self.bootctl.store(staged(self._boot_state(), target))
-        self.reporter.event("staged", target=job.version, slot=target)
-        self.reporter.state("rebooting", target=job.version, slot=target)
+        self.reporter.event(Event.STAGED, target=job.version, slot=target)
+        self.reporter.state(State.REBOOTING, target=job.version, slot=target)
         raise Reboot(f"boot {manifest.version} from slot {target} on trial")
 
     # -- helpers
@@ -288,7 +279,7 @@ class UpdateEngine:
 
     def _finish_rotation(self) -> None:
         if finish_rotation(self.flash, self.running.key_id):
-            self.reporter.event("key_rotated", key_id=self.running.key_id)
+            self.reporter.event(Event.KEY_ROTATED, key_id=self.running.key_id)
 
     def _verify(self, document: bytes, verifier: Verifier) -> Manifest:
         state = self._boot_state()
@@ -320,7 +311,7 @@ class UpdateEngine:
                 if attempt == self.config.retries:
                     raise UpdateFailed(f"{what} failed {attempt} times in a row, last: {exc}; the journal keeps "
                                        "the progress, send the update command again to resume") from None
-                self.reporter.event("retry", what=what, attempt=attempt, reason=str(exc), delay_s=delay)
+                self.reporter.event(Event.RETRY, what=what, attempt=attempt, reason=str(exc), delay_s=delay)
                 self.sleep(delay)
                 delay = min(delay * 2, self.config.backoff_max_s)
 

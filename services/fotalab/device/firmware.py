@@ -18,10 +18,12 @@ import requests
 
 from ..formats.image import Behaviour
 from ..formats.signing import Verifier
+from ..protocol import Command, Event, State
 from .bootctl import BootControl
 from .bootloader import BootPlan
 from .config import DeviceConfig
-from .engine import EngineConfig, Reboot, UpdateEngine
+from .engine import IDLE, EngineConfig, UpdateEngine
+from .errors import Reboot
 from .flash import Flash
 from .mqttlink import MqttLink
 from .patcher import sandboxed_patcher
@@ -67,7 +69,7 @@ def health_check(config: DeviceConfig, behaviour: Behaviour, link: MqttLink) -> 
     return None
 
 
-def run(config: DeviceConfig, flash: Flash, plan: BootPlan, verifier: Verifier, reset_reason: str) -> int:
+def run(config: DeviceConfig, flash: Flash, plan: BootPlan, verifier: Verifier) -> int:
     """Run the firmware in the booted slot; returns the exit code for the supervisor."""
     running = plan.boot
     header = running.header
@@ -78,9 +80,9 @@ def run(config: DeviceConfig, flash: Flash, plan: BootPlan, verifier: Verifier, 
     if header.behaviour is Behaviour.HANG:
         log.error("firmware %s hangs: no watchdog kicks from here on", header.version)
         threading.Event().wait()
-    watchdog = os.environ.get("FOTA_WATCHDOG_FD")
-    if watchdog:
-        threading.Thread(target=kick_watchdog_forever, args=(int(watchdog),), daemon=True).start()
+    watchdog = config.watchdog_fd
+    if watchdog is not None:
+        threading.Thread(target=kick_watchdog_forever, args=(watchdog,), daemon=True).start()
     if header.behaviour is Behaviour.CRASH_AFTER:
         threading.Timer(header.behaviour_arg, lambda: os._exit(CRASH_EXIT)).start()
 
@@ -105,34 +107,34 @@ def run(config: DeviceConfig, flash: Flash, plan: BootPlan, verifier: Verifier, 
         EngineConfig(config.device_id, config.hardware, chunk_size=config.chunk_size),
         flash, running, verifier,
         HttpTransport(config.server_url, timeout_s=config.http_timeout_s, chunk_size=config.chunk_size,
-                      link_kbps=config.link_kbps, min_rate_bps=config.min_rate_bps,
+                      radio_kbps=config.radio_kbps, min_rate_bps=config.min_rate_bps,
                       rate_window_s=config.rate_window_s),
         link, sandboxed_patcher(memory_mb=config.patch_memory_mb, timeout_s=config.patch_timeout_s,
                                 chunk_size=config.chunk_size))
     try:
-        link.event("booted", reset_reason=reset_reason, boot=plan.message)
+        link.event(Event.BOOTED, reset_reason=config.reset_reason, boot=plan.message)
         outcome = engine.resume()
-        if outcome == "trial":
-            link.state("trial")
+        if outcome == State.TRIAL:
+            link.state(State.TRIAL)
             problem = health_check(config, header.behaviour, link)
             if problem:
                 engine.reject_trial(problem)
-            link.state("confirming")
+            link.state(State.CONFIRMING)
             engine.confirm()
-        elif outcome in ("idle", "failed"):
-            link.state("running")
+        elif outcome in (IDLE, State.FAILED):
+            link.state(State.RUNNING)
         while True:
             command = commands.get()
             action = command.get("cmd")
-            if action in ("update", "check"):
+            if action in (Command.UPDATE, Command.CHECK):
                 engine.check()
-            elif action == "report":
-                link.state("running")
+            elif action == Command.REPORT:
+                link.state(State.RUNNING)
             else:
                 log.warning("ignoring unknown command %r", action)
     except Reboot as reason:
         log.info("rebooting: %s", reason)
-        if watchdog:       # like a reset-reason register: survives the reboot, not a power cut
-            os.write(int(watchdog), f"\nreason:{reason}\n".encode())
+        if watchdog is not None:   # like a reset-reason register: survives the reboot, not a power cut
+            os.write(watchdog, f"\nreason:{reason}\n".encode())
         link.stop()
         return REBOOT_EXIT

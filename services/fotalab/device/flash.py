@@ -22,12 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import FlashDisciplineError
+
 TMP_SUFFIX = ".tmp"
 FAULT_MODES = ("stop", "tear", "lose")
-
-
-class FlashDisciplineError(RuntimeError):
-    """Code read data it had not made durable: a bug in the caller, not a flash fault."""
 
 
 @dataclass(frozen=True)
@@ -43,12 +41,11 @@ class FaultPlan:
         return cls(mode, int(at))
 
 
-def power_off_process() -> None:
+def power_off_process(supervisor_pid: int | None = None) -> None:
     """Die at once, taking the device's supervisor along when there is one (a power cut)."""
-    supervisor = os.environ.get("FOTA_SUPERVISOR_PID")
-    if supervisor and supervisor.isdigit() and int(supervisor) != os.getpid():
+    if supervisor_pid and supervisor_pid != os.getpid():
         try:
-            os.kill(int(supervisor), signal.SIGKILL)
+            os.kill(supervisor_pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
     os.kill(os.getpid(), signal.SIGKILL)

@@ -22,13 +22,15 @@ import sys
 import time
 from pathlib import Path
 
+from ..envconfig import ConfigError
 from ..formats.signing import key_id
+from ..protocol import ResetReason
 from . import journal as jr
 from .bootctl import SLOTS, BootControl
 from .bootloader import boot, check_slot, plan_boot
 from .config import DeviceConfig
 from .firmware import REBOOT_EXIT, run
-from .flash import Flash
+from .flash import Flash, power_off_process
 from .trust import ANCHOR, load_verifier
 
 HALT_EXIT = 4
@@ -38,24 +40,22 @@ log = logging.getLogger("fotalab.device")
 
 def open_flash(config: DeviceConfig) -> Flash:
     return Flash(config.flash_dir, writeback=config.flash_writeback, fault=config.flash_fault,
-                 oplog=config.flash_oplog)
+                 oplog=config.flash_oplog, power_off=lambda: power_off_process(config.supervisor_pid))
 
 
 def boot_once(config: DeviceConfig) -> int:
     flash = open_flash(config)
-    reset_reason = os.environ.get("FOTA_RESET_REASON", "power-on")
     plan, verifier = boot(flash, factory_image=config.factory_image, trust_anchor=config.trust_anchor,
-                          limit=config.boot_limit, reset_reason=reset_reason,
+                          limit=config.boot_limit, reset_reason=config.reset_reason,
                           power_cut_limit=config.power_cut_limit)
     log.info("bootloader: %s", plan.message)
     if plan.boot is None:
         log.critical("BRICKED: %s", plan.message)
         return HALT_EXIT
-    return run(config, flash, plan, verifier, reset_reason)
+    return run(config, flash, plan, verifier)
 
 
 def supervise(config: DeviceConfig) -> int:
-    os.environ["FOTA_SUPERVISOR_PID"] = str(os.getpid())
     child: subprocess.Popen | None = None
 
     def shutdown(signum, frame) -> None:
@@ -65,20 +65,22 @@ def supervise(config: DeviceConfig) -> int:
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
 
-    reason = "power-on"
+    reason: str = ResetReason.POWER_ON
     while True:
         read_end, write_end = os.pipe()
-        env = {**os.environ, "FOTA_WATCHDOG_FD": str(write_end), "FOTA_RESET_REASON": reason}
+        # The firmware's "hardware": its watchdog pipe, the reset-cause register, the power rail.
+        env = {**os.environ, "FOTA_WATCHDOG_FD": str(write_end), "FOTA_RESET_REASON": reason,
+               "FOTA_SUPERVISOR_PID": str(os.getpid())}
         child = subprocess.Popen([sys.executable, "-m", "fotalab.device.main", "boot"], env=env,
                                  pass_fds=(write_end,))
         os.close(write_end)
         reason = watch(child, read_end, config.watchdog_s, config.alive_file)
         os.close(read_end)
-        if reason == "halt":
+        if reason == ResetReason.HALT:
             log.critical("device halted: no bootable image; power-cycle after repair")
             signal.pause()
         log.warning("reset: %s", reason)
-        if not reason.startswith("software reboot"):
+        if not reason.startswith(ResetReason.SOFTWARE_REBOOT):
             time.sleep(config.reset_delay_s)
 
 
@@ -90,7 +92,7 @@ def watch(child: subprocess.Popen, kicks: int, watchdog_s: float, alive_file: Pa
         if not ready:
             child.kill()
             child.wait()
-            return f"watchdog: no kick for {watchdog_s:.0f} s"
+            return f"{ResetReason.WATCHDOG}: no kick for {watchdog_s:.0f} s"
         if data := os.read(kicks, 4096):
             said = (said + data)[-4096:]
             alive_file.touch()
@@ -98,10 +100,10 @@ def watch(child: subprocess.Popen, kicks: int, watchdog_s: float, alive_file: Pa
             code = child.wait()
             if code == REBOOT_EXIT:
                 reason = said.rpartition(b"\nreason:")[2].split(b"\n")[0].decode(errors="replace")
-                return f"software reboot ({reason})" if reason else "software reboot"
+                return f"{ResetReason.SOFTWARE_REBOOT} ({reason})" if reason else ResetReason.SOFTWARE_REBOOT
             if code == HALT_EXIT:
-                return "halt"
-            return f"crash (exit {code})"
+                return ResetReason.HALT
+            return f"{ResetReason.CRASH} (exit {code})"
 
 
 def inspect(config: DeviceConfig) -> dict:
@@ -112,7 +114,7 @@ def inspect(config: DeviceConfig) -> dict:
     state = control.load()
     job = jr.load(flash)
     checks = {slot: check_slot(flash, slot, load_verifier(flash)) for slot in SLOTS} if anchor else {}
-    plan = plan_boot(state, checks.__getitem__, limit=config.boot_limit, reset_reason="inspect") \
+    plan = plan_boot(state, checks.__getitem__, limit=config.boot_limit, reset_reason=ResetReason.INSPECT) \
         if state and checks else None
     return {
         "device": config.device_id,
@@ -144,7 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    config = DeviceConfig.from_env()
+    try:
+        config = DeviceConfig.from_env()
+    except ConfigError as exc:
+        print(f"fota-device: {exc}", file=sys.stderr)
+        return 2
     if args.command == "inspect":
         print(json.dumps(inspect(config), indent=2))
         return 0

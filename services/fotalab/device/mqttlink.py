@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 
-from ..protocol import FLEET_COMMANDS, device_topic
+from ..protocol import FLEET_COMMANDS, Presence, device_topic
 
 log = logging.getLogger("fotalab.device.mqttlink")
 
@@ -29,7 +29,7 @@ class MqttLink:
                                    clean_session=False)
         if username:
             self._client.username_pw_set(username, password)
-        self._client.will_set(device_topic(device_id, "status"), "offline", qos=1, retain=True)
+        self._client.will_set(device_topic(device_id, "status"), Presence.OFFLINE, qos=1, retain=True)
         self._client.reconnect_delay_set(min_delay=1, max_delay=10)
         self._client.on_connect = self._connected
         self._client.on_disconnect = lambda *args: self.connected.clear()
@@ -40,7 +40,7 @@ class MqttLink:
         self._client.loop_start()
 
     def stop(self) -> None:
-        self._client.publish(device_topic(self.device_id, "status"), "offline", qos=1, retain=True)
+        self._client.publish(device_topic(self.device_id, "status"), Presence.OFFLINE, qos=1, retain=True)
         self._client.disconnect()
         self._client.loop_stop()
 
@@ -49,7 +49,7 @@ class MqttLink:
             log.warning("broker refused connection: %s", reason_code)
             return
         client.subscribe([(device_topic(self.device_id, "cmd"), 1), (FLEET_COMMANDS, 1)])
-        client.publish(device_topic(self.device_id, "status"), "online", qos=1, retain=True)
+        client.publish(device_topic(self.device_id, "status"), Presence.ONLINE, qos=1, retain=True)
         self.connected.set()
 
     def _message(self, client: mqtt.Client, userdata, message: mqtt.MQTTMessage) -> None:

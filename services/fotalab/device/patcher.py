@@ -12,7 +12,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from .engine import Patcher, UpdateFailed
+from .engine import Patcher
+from .errors import UpdateFailed
 
 
 def read_chunks(path: str, size: int) -> Iterator[bytes]:

@@ -1,1 +1,2 @@
-"""Lab tooling run by operators, tests and compose jobs: provisioning, the link proxy, triggers, fleet watching, local and compose labs, chaos, crash sweeps."""
+"""Lab tooling run by operators, tests and compose jobs: provisioning, the link proxy, triggers,
+fleet watching, local and compose labs, chaos campaigns, crash-point sweeps."""

@@ -30,12 +30,13 @@ from pathlib import Path
 import requests
 
 from ..formats.image import parse_version
+from ..protocol import SUCCESS_STATES, Command, Event, State
 from .composelab import ComposeLab
 from .fleetwatch import FleetWatcher
 from .provision import SERVER
 
-PHASES = {"checking": "checking", "downloading": "downloading", "installing": "patching",
-          "rebooting": "trial boot", "trial": "trial boot", "confirming": "confirming"}
+PHASES = {State.CHECKING: "checking", State.DOWNLOADING: "downloading", State.INSTALLING: "patching",
+          State.REBOOTING: "trial boot", State.TRIAL: "trial boot", State.CONFIRMING: "confirming"}
 
 
 @dataclass
@@ -87,13 +88,13 @@ class Campaign:
     def converged(self, device: str) -> bool:
         state = self.state(device)
         return state.get("version") == self.target and bool(state.get("confirmed")) and \
-            state.get("state") in ("committed", "up_to_date", "running") and \
+            state.get("state") in SUCCESS_STATES and \
             state.get("ts", 0) > self.reset_at.get(device, 0)
 
     def note_commits(self) -> None:
         for device in self.devices:
             for event in self.watcher.events.get(device, []):
-                if event.get("event") == "committed" and event["ts"] > self.reset_at.get(device, 0):
+                if event.get("event") == Event.COMMITTED and event["ts"] > self.reset_at.get(device, 0):
                     best = self.highest_committed.get(device, "0.0.0")
                     if parse_version(event["version"]) > parse_version(best):
                         self.highest_committed[device] = event["version"]
@@ -101,7 +102,7 @@ class Campaign:
     # -- acting
     def hint(self, devices: list[str] | None = None) -> None:
         try:
-            self.watcher.command(devices, {"cmd": "update"})
+            self.watcher.command(devices, {"cmd": Command.UPDATE})
         except (RuntimeError, ValueError):      # the broker is down this moment: the next hint will do
             pass
 
@@ -171,7 +172,7 @@ class Campaign:
             if kill.device not in self.devices:
                 continue
             boots = [e["ts"] for e in self.watcher.events.get(kill.device, [])
-                     if e.get("event") == "booted" and kill.started_at and e["ts"] >= kill.started_at]
+                     if e.get("event") == Event.BOOTED and kill.started_at and e["ts"] >= kill.started_at]
             next_cut = min((k.at for k in self.kills if k.device == kill.device and k.at > kill.at), default=math.inf)
             if boots and min(boots) < next_cut:
                 kill.recovery_s = round(min(boots) - kill.started_at, 2)
@@ -220,7 +221,7 @@ class Campaign:
             if (record.get("version"), record.get("image_sha256")) != (running["version"], sha):
                 problems.append(f"server records {record.get('version')} ({str(record.get('image_sha256'))[:12]}), "
                                 f"the flash runs {running['version']} ({sha[:12]})")
-            commits = [e["payload"].get("version") for e in history if e["event"] == "committed"]
+            commits = [e["payload"].get("version") for e in history if e["event"] == Event.COMMITTED]
             if commits and commits[-1] != running["version"]:
                 problems.append(f"server history's last commit is {commits[-1]}, the flash runs {running['version']}")
             if problems:
@@ -266,8 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     with FleetWatcher("127.0.0.1", args.mqtt_port, username=SERVER, password=password) as watcher:
         time.sleep(1.0)     # retained states arrive
-        campaign = Campaign(lab, watcher, server_url=args.server_url, target=args.target, kills=args.kills, seed=args.seed,
-                            off_s=tuple(args.off), gap_s=tuple(args.gap), reset_waves=args.reset_waves,
+        campaign = Campaign(lab, watcher, server_url=args.server_url, target=args.target, kills=args.kills,
+                            seed=args.seed, off_s=tuple(args.off), gap_s=tuple(args.gap), reset_waves=args.reset_waves,
                             infra_share=args.infra)
         verdicts = campaign.run(args.settle)
     device_kills = [k for k in campaign.kills if k.device in campaign.devices]

@@ -25,6 +25,7 @@ from pathlib import Path
 from ..device.config import DeviceConfig
 from ..device.flash import FAULT_MODES, FaultPlan
 from ..device.main import inspect
+from ..protocol import Command
 from .locallab import Broker, Device, Server, build_releases
 
 
@@ -112,7 +113,7 @@ class Sweep:
             if self._finished(flash, scenario):
                 return flash
             if time.monotonic() >= next_hint:
-                self.commands.command([device.device_id], {"cmd": "update"})
+                self.commands.command([device.device_id], {"cmd": Command.UPDATE})
                 next_hint = time.monotonic() + 2.0
             time.sleep(0.1)
         raise TimeoutError(f"{scenario.name} did not finish within {self.timeout_s:.0f} s")

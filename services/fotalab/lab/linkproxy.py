@@ -11,13 +11,17 @@ signed release. Either way the device's own checks against the signed manifest m
 """
 from __future__ import annotations
 
+import argparse
 import random
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlencode
+
+from ..envconfig import ConfigError, Env
 
 PIECE = 512
 ARTIFACT_TYPE = b"application/octet-stream"     # what the server sends artifacts as
@@ -164,21 +168,48 @@ class LinkProxy:
                 end.close()
 
 
+@dataclass(frozen=True)
+class LinkConfig:
+    """The link proxy's settings (compose's `link` service); its flags default to these."""
+    port: int = 8000
+    target: str = "server:8000"
+    kbps: float = 0.0
+    drop: float = 0.0
+    corrupt: float = 0.0
+    spoof_version: str = ""
+    seed: int = 1
+
+    @classmethod
+    def from_env(cls, env: Env | None = None) -> LinkConfig:
+        env = env or Env()
+        d = cls()
+        return cls(port=env.integer("FOTA_LINK_PORT", d.port, minimum=1, maximum=65535),
+                   target=env.text("FOTA_LINK_TARGET", d.target),
+                   kbps=env.number("FOTA_LINK_PROXY_KBPS", d.kbps, minimum=0),
+                   drop=env.number("FOTA_LINK_DROP", d.drop, minimum=0, maximum=1),
+                   corrupt=env.number("FOTA_LINK_CORRUPT", d.corrupt, minimum=0, maximum=1),
+                   spoof_version=env.text("FOTA_LINK_SPOOF_VERSION", d.spoof_version),
+                   seed=env.integer("FOTA_LINK_SEED", d.seed))
+
+
 def main(argv: list[str] | None = None) -> int:
     """`fota-linkproxy`: the lab's radio network between the devices and the server."""
-    import argparse
-    import os
+    try:
+        config = LinkConfig.from_env()
+    except ConfigError as exc:
+        print(f"fota-linkproxy: {exc}", file=sys.stderr)
+        return 2
     parser = argparse.ArgumentParser(prog="fota-linkproxy", description=__doc__)
-    parser.add_argument("--port", type=int, default=int(os.environ.get("FOTA_LINK_PORT", "8000")))
-    parser.add_argument("--target", default=os.environ.get("FOTA_LINK_TARGET", "server:8000"))
-    parser.add_argument("--kbps", type=float, default=float(os.environ.get("FOTA_LINK_PROXY_KBPS", "0")))
-    parser.add_argument("--drop", type=float, default=float(os.environ.get("FOTA_LINK_DROP", "0")),
+    parser.add_argument("--port", type=int, default=config.port)
+    parser.add_argument("--target", default=config.target)
+    parser.add_argument("--kbps", type=float, default=config.kbps)
+    parser.add_argument("--drop", type=float, default=config.drop,
                         help="probability that the link drops a connection at each 512-byte piece")
-    parser.add_argument("--corrupt", type=float, default=float(os.environ.get("FOTA_LINK_CORRUPT", "0")),
+    parser.add_argument("--corrupt", type=float, default=config.corrupt,
                         help="attack: probability that a byte is flipped in each piece of an artifact download")
-    parser.add_argument("--spoof-version", default=os.environ.get("FOTA_LINK_SPOOF_VERSION", ""),
+    parser.add_argument("--spoof-version", default=config.spoof_version,
                         help="attack: tell the server the devices run this version (e.g. 1.0.0)")
-    parser.add_argument("--seed", type=int, default=int(os.environ.get("FOTA_LINK_SEED", "1")))
+    parser.add_argument("--seed", type=int, default=config.seed)
     args = parser.parse_args(argv)
     host, _, port = args.target.rpartition(":")
     proxy = LinkProxy((host, int(port)), kbps=args.kbps, drop_probability=args.drop,

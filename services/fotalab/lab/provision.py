@@ -23,6 +23,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..envconfig import ConfigError, Env
 from ..protocol import FLEET_COMMANDS, PREFIX
 
 SERVER = "fota-server"
@@ -82,11 +83,29 @@ def fleet_identities(size: int) -> list[str]:
     return [SERVER, HEALTH] + [f"device-{n}" for n in range(1, size + 1)]
 
 
+@dataclass(frozen=True)
+class ProvisionConfig:
+    """Where the credentials go and for how many devices; the flags default to these."""
+    directory: Path = Path("/credentials")
+    fleet_size: int = 3
+
+    @classmethod
+    def from_env(cls, env: Env | None = None) -> ProvisionConfig:
+        env = env or Env()
+        return cls(directory=env.path("FOTA_CREDENTIALS_DIR", cls.directory),
+                   fleet_size=env.integer("FOTA_FLEET_SIZE", cls.fleet_size, minimum=0, maximum=100_000))
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        config = ProvisionConfig.from_env()
+    except ConfigError as exc:
+        print(f"fota-provision: {exc}", file=sys.stderr)
+        return 2
     parser = argparse.ArgumentParser(prog="fota-provision", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--directory", type=Path, default=Path(os.environ.get("FOTA_CREDENTIALS_DIR", "/credentials")))
-    parser.add_argument("--fleet-size", type=int, default=int(os.environ.get("FOTA_FLEET_SIZE", "3")))
+    parser.add_argument("--directory", type=Path, default=config.directory)
+    parser.add_argument("--fleet-size", type=int, default=config.fleet_size)
     args = parser.parse_args(argv)
     created = Credentials(args.directory).provision(fleet_identities(args.fleet_size))
     print(f"fota-provision: {args.fleet_size} devices; new credentials: {', '.join(created) or 'none'}")

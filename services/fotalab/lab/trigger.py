@@ -6,31 +6,58 @@ installs nothing that is not signed and meant for it.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+from ..envconfig import ConfigError, Env
+from ..protocol import Command
 from .fleetwatch import FleetWatcher
 from .provision import SERVER
 
 
+@dataclass(frozen=True)
+class TriggerConfig:
+    """Where fota-trigger sends commands, as whom; its flags default to these."""
+    mqtt_host: str = "localhost"
+    mqtt_port: int = 1883
+    mqtt_username: str = SERVER
+    mqtt_password: str = ""
+    password_file: Path = Path(f"/credentials/{SERVER}.password")
+
+    @classmethod
+    def from_env(cls, env: Env | None = None) -> TriggerConfig:
+        env = env or Env()
+        d = cls()
+        return cls(mqtt_host=env.text("FOTA_MQTT_HOST", d.mqtt_host),
+                   mqtt_port=env.integer("FOTA_MQTT_PORT", d.mqtt_port, minimum=1, maximum=65535),
+                   mqtt_username=env.text("FOTA_MQTT_USERNAME", d.mqtt_username),
+                   mqtt_password=env.text("FOTA_MQTT_PASSWORD", ""),
+                   password_file=env.path("FOTA_MQTT_PASSWORD_FILE", d.password_file))
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        config = TriggerConfig.from_env()
+    except ConfigError as exc:
+        print(f"fota-trigger: {exc}", file=sys.stderr)
+        return 2
     parser = argparse.ArgumentParser(prog="fota-trigger", description=__doc__)
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("devices", nargs="*", default=[], help="device ids, e.g. device-1")
     target.add_argument("--all", action="store_true", help="every device of the fleet")
-    parser.add_argument("--host", default=os.environ.get("FOTA_MQTT_HOST", "localhost"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("FOTA_MQTT_PORT", "1883")))
-    parser.add_argument("--command", default="update", choices=("update", "check", "report"))
-    parser.add_argument("--username", default=os.environ.get("FOTA_MQTT_USERNAME", SERVER),
+    parser.add_argument("--host", default=config.mqtt_host)
+    parser.add_argument("--port", type=int, default=config.mqtt_port)
+    parser.add_argument("--command", default=Command.UPDATE, choices=list(Command))
+    parser.add_argument("--username", default=config.mqtt_username,
                         help="MQTT identity allowed to send commands (default: the server's)")
     parser.add_argument("--password-file", type=Path,
-                        default=Path(os.environ.get("FOTA_MQTT_PASSWORD_FILE", f"/credentials/{SERVER}.password")),
+                        default=config.password_file,
                         help="file holding that identity's password (inside the lab: /credentials/...)")
     args = parser.parse_args(argv)
     if not args.all and not args.devices:
         parser.error("name at least one device (e.g. device-1) or use --all")
-    password = os.environ.get("FOTA_MQTT_PASSWORD") or (
+    password = config.mqtt_password or (
         args.password_file.read_text().strip() if args.password_file.exists() else "")
     try:
         watcher = FleetWatcher(args.host, args.port, username=args.username, password=password)

@@ -1,16 +1,10 @@
 """Server settings: one dataclass, read from the environment only at the entry point."""
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..envsecret import SecretFileError, read_secret
-
-
-class ConfigError(ValueError):
-    """A setting that cannot be used; the message names the variable and what it accepts."""
+from ..envconfig import Env
 
 
 @dataclass(frozen=True)
@@ -47,37 +41,22 @@ class ServerConfig:
         return self.data_dir / "api-token"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> ServerConfig:
+    def from_env(cls, env: Env | None = None) -> ServerConfig:
+        """Every FOTA_* setting of the server, validated (a bad one is a ConfigError naming it)."""
+        env = env or Env()
         d = cls()
-
-        def secret(name: str) -> str:
-            try:
-                return read_secret(env, name)
-            except SecretFileError as exc:
-                raise ConfigError(str(exc)) from None
-
-        def number(name: str, default: int, minimum: int) -> int:
-            raw = env.get(name, str(default))
-            try:
-                value = int(raw)
-            except ValueError:
-                raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
-            if value < minimum:
-                raise ConfigError(f"{name} must be at least {minimum}, got {value}")
-            return value
-
-        return cls(releases_dir=Path(env.get("FOTA_RELEASES_DIR", d.releases_dir)),
-                   data_dir=Path(env.get("FOTA_DATA_DIR", d.data_dir)),
-                   default_release=env.get("FOTA_DEFAULT_RELEASE", d.default_release),
-                   bind=env.get("FOTA_SERVER_BIND", d.bind),
-                   workers=number("FOTA_SERVER_WORKERS", d.workers, 1),
-                   threads=number("FOTA_SERVER_THREADS", d.threads, 1),
-                   timeout=number("FOTA_SERVER_TIMEOUT", d.timeout, 1),
-                   keepalive=number("FOTA_SERVER_KEEPALIVE", d.keepalive, 0),
-                   mqtt_host=env.get("FOTA_MQTT_HOST", d.mqtt_host),
-                   mqtt_port=number("FOTA_MQTT_PORT", d.mqtt_port, 1),
-                   mqtt_username=env.get("FOTA_MQTT_USERNAME", d.mqtt_username),
-                   mqtt_password=secret("FOTA_MQTT_PASSWORD"),
-                   mqtt_client_id=env.get("FOTA_MQTT_CLIENT_ID", d.mqtt_client_id),
-                   api_token=env.get("FOTA_API_TOKEN", d.api_token),
-                   streams=number("FOTA_SERVER_STREAMS", d.streams, 0))
+        return cls(releases_dir=env.path("FOTA_RELEASES_DIR", d.releases_dir),
+                   data_dir=env.path("FOTA_DATA_DIR", d.data_dir),
+                   default_release=env.text("FOTA_DEFAULT_RELEASE", d.default_release),
+                   bind=env.text("FOTA_SERVER_BIND", d.bind),
+                   workers=env.integer("FOTA_SERVER_WORKERS", d.workers, minimum=1),
+                   threads=env.integer("FOTA_SERVER_THREADS", d.threads, minimum=1),
+                   timeout=env.integer("FOTA_SERVER_TIMEOUT", d.timeout, minimum=1),
+                   keepalive=env.integer("FOTA_SERVER_KEEPALIVE", d.keepalive, minimum=0),
+                   mqtt_host=env.text("FOTA_MQTT_HOST", d.mqtt_host),
+                   mqtt_port=env.integer("FOTA_MQTT_PORT", d.mqtt_port, minimum=1, maximum=65535),
+                   mqtt_username=env.text("FOTA_MQTT_USERNAME", d.mqtt_username),
+                   mqtt_password=env.secret("FOTA_MQTT_PASSWORD"),
+                   mqtt_client_id=env.text("FOTA_MQTT_CLIENT_ID", d.mqtt_client_id),
+                   api_token=env.secret("FOTA_API_TOKEN"),
+                   streams=env.integer("FOTA_SERVER_STREAMS", d.streams, minimum=0))

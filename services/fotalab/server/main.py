@@ -10,8 +10,9 @@ import sqlite3
 import sys
 from dataclasses import replace
 
+from ..envconfig import ConfigError
 from .auth import load_or_create_token
-from .config import ConfigError, ServerConfig
+from .config import ServerConfig
 from .registry import Registry
 
 METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"     # metrics.MULTIPROC_ENV; that module must not be imported before it is set

@@ -7,12 +7,12 @@ deltas, signs manifests and writes the release store. It alone mounts the privat
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..envconfig import ConfigError, Env
 from ..formats.signing import ALGORITHMS
 from .build import build_releases
 from .keys import ensure_keys, rotate_keys, rotation_chain
@@ -27,12 +27,13 @@ class SignerConfig:
     key_algorithm: str = "rsa-pss-3072"
 
     @classmethod
-    def from_env(cls) -> SignerConfig:
+    def from_env(cls, env: Env | None = None) -> SignerConfig:
+        env = env or Env()
         d = cls()
-        return cls(Path(os.environ.get("FOTA_FIRMWARE_DIR", d.firmware_dir)),
-                   Path(os.environ.get("FOTA_KEYS_DIR", d.keys_dir)),
-                   Path(os.environ.get("FOTA_RELEASES_DIR", d.releases_dir)),
-                   os.environ.get("FOTA_KEY_ALGORITHM", d.key_algorithm))
+        return cls(firmware_dir=env.path("FOTA_FIRMWARE_DIR", d.firmware_dir),
+                   keys_dir=env.path("FOTA_KEYS_DIR", d.keys_dir),
+                   releases_dir=env.path("FOTA_RELEASES_DIR", d.releases_dir),
+                   key_algorithm=env.choice("FOTA_KEY_ALGORITHM", d.key_algorithm, ALGORITHMS))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,10 +43,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="build the releases (default), or replace the release key by a new one "
                              "announced in a statement signed by the current key")
     args = parser.parse_args(argv)
-    config = SignerConfig.from_env()
-    if config.key_algorithm not in ALGORITHMS:
-        print(f"fota-signer: FOTA_KEY_ALGORITHM={config.key_algorithm!r} is not one of {ALGORITHMS}",
-              file=sys.stderr)
+    try:
+        config = SignerConfig.from_env()
+    except ConfigError as exc:
+        print(f"fota-signer: {exc}", file=sys.stderr)
         return 2
     if args.command == "rotate-key":
         old, new = rotate_keys(config.keys_dir, config.key_algorithm)
