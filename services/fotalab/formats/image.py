@@ -13,7 +13,6 @@ The signature covers header and payload, so the bootloader can verify a slot on 
 from __future__ import annotations
 
 import enum
-import hashlib
 import struct
 from dataclasses import dataclass
 
@@ -143,6 +142,3 @@ def verify_image(raw: bytes, verifier: Verifier) -> ImageHeader:
         raise ImageError(f"image {image.header.version}: {exc}") from None
     return image.header
 
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()

@@ -267,14 +267,6 @@ class Device:
     def power_cut(self) -> None:
         _stop(self.process)
 
-    def wait_dead(self, timeout: float) -> bool:
-        """True if the device cut its own power (a fault plan fired) within `timeout`."""
-        try:
-            self.process.wait(timeout)
-            return True
-        except subprocess.TimeoutExpired:
-            return False
-
     def inspect(self) -> dict:
         done = subprocess.run([sys.executable, "-m", "fotalab.device.main", "inspect"], env=self.environment(),
                               capture_output=True, check=True)
