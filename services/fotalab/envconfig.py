@@ -29,6 +29,10 @@ class Env:
         self._env = os.environ if env is None else env
         self._renamed = dict(renamed or {})
 
+    def renaming(self, renamed: Mapping[str, str]) -> Env:
+        """The same environment, also reading the old names of renamed variables (current -> old)."""
+        return Env(self._env, renamed={**self._renamed, **renamed})
+
     def raw(self, name: str) -> str | None:
         if name in self._env:
             return self._env[name]

@@ -68,7 +68,7 @@ class DeviceConfig:
     @classmethod
     def from_env(cls, env: Env | None = None) -> DeviceConfig:
         """Every FOTA_* setting of a device, validated (a bad one is a ConfigError naming it)."""
-        env = env or Env(renamed=RENAMED)
+        env = (env or Env()).renaming(RENAMED)
         d = cls(device_id="")
         device_id = env.text("FOTA_DEVICE_ID", socket.gethostname())
         username = env.text("FOTA_MQTT_USERNAME", device_id)
