@@ -145,7 +145,8 @@ def test_rollout_started_from_the_page_reaches_the_fleet(compose_lab, factory_fl
     dashboard.find_element("css selector", "#rollout-start").click()
 
     def created(_driver) -> dict | None:
-        new = [r for r in requests.get(f"{base}/api/v1/rollouts", timeout=5).json()["rollouts"] if r["id"] not in before]
+        listed = requests.get(f"{base}/api/v1/rollouts", timeout=5).json()["rollouts"]
+        new = [r for r in listed if r["id"] not in before]
         return new[0] if new else None
 
     rollout = wait_until(dashboard, created, 15, "the rollout created by the page (GET /api/v1/rollouts)")
@@ -159,5 +160,6 @@ def test_rollout_started_from_the_page_reaches_the_fleet(compose_lab, factory_fl
     decisions = [li.text for li in dashboard.find_elements("css selector", f'{row} [data-field="decisions"] li')]
     assert decisions, "the page shows no gate decision for a completed two-phase rollout"
     for device in devices:
-        wait_until(dashboard, lambda d: cell(d, device, "version").text == "2.0.0", 30, f"{device} shown on 2.0.0")
+        wait_until(dashboard, lambda d, device=device: cell(d, device, "version").text == "2.0.0", 30,
+                   f"{device} shown on 2.0.0")
     dashboard.save_screenshot(str(SCREENSHOTS / "07-rollout-completed.png"))

@@ -28,7 +28,8 @@ def test_fleet_updates_and_devices_cut_mid_update_recover(compose_lab, fleet, fa
     assert len(devices) >= 3
     fleet.command(None, {"cmd": "update"})
     for device, phase in PHASES_TO_CUT.items():
-        fleet.wait_for(lambda f: f.states.get(device, {}).get("state") == phase, 90, f"{device} {phase}")
+        fleet.wait_for(lambda f, device=device, phase=phase: f.states.get(device, {}).get("state") == phase, 90,
+                       f"{device} {phase}")
         compose_lab.kill(device)
         compose_lab.start(device)
     fleet.wait_for(lambda f: all(f.states.get(d, {}).get("state") == "committed"

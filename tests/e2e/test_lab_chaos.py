@@ -19,7 +19,8 @@ def test_chaos_campaign_of_twenty_kills_bricks_nothing_and_converges(compose_lab
     report.parent.mkdir(exist_ok=True)
     done = subprocess.run([sys.executable, str(REPO / "scripts" / "chaos"), "--project", compose_lab.project,
                            "--mqtt-port", compose_lab.env["MQTT_PORT"],
-                           "--server-url", f"http://127.0.0.1:{compose_lab.env['SERVER_PORT']}", "--kills", "20", "--seed", "7",
+                           "--server-url", f"http://127.0.0.1:{compose_lab.env['SERVER_PORT']}",
+                           "--kills", "20", "--seed", "7",
                            "--gap", "0.5", "2.0", "--reset-waves", "--report", str(report)],
                           capture_output=True, text=True, timeout=600, cwd=REPO)
     print(done.stdout[-3000:], done.stderr[-2000:])

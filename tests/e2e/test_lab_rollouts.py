@@ -13,7 +13,8 @@ pytestmark = pytest.mark.e2e
 
 
 def fota(lab, *args: str) -> dict:
-    done = lab.compose("--profile", "tools", "run", "--rm", "--no-deps", "-T", "cli", "fota", "--json", *args, timeout=120)
+    done = lab.compose("--profile", "tools", "run", "--rm", "--no-deps", "-T", "cli", "fota", "--json", *args,
+                       timeout=120)
     return json.loads(done.stdout)
 
 
@@ -73,7 +74,8 @@ def test_rollouts_stop_a_bad_release_at_the_canary_and_survive_restarts(compose_
                for d in devices}
     canary_commit = max(e["received_at"] for e in history[canary] if e["event"] == "committed")
     for other in devices[1:]:
-        starts = [e["received_at"] for e in history[other] if e["event"] == "update_started" and e["received_at"] > since]
+        starts = [e["received_at"] for e in history[other]
+                  if e["event"] == "update_started" and e["received_at"] > since]
         assert starts and min(starts) > canary_commit, other
     listed = fota(compose_lab, "rollout", "list")["rollouts"]
     assert [(r["release"], r["status"]) for r in listed[-2:]] == [("2.1.0", "aborted"), ("2.0.0", "completed")]

@@ -3,6 +3,7 @@ the device refuses a tampered delta and an old release the server was tricked in
 import pytest
 
 from fotalab.lab.linkproxy import LinkProxy
+from fotalab.protocol import SUCCESS_STATES
 
 pytestmark = pytest.mark.integration
 
@@ -33,8 +34,8 @@ def test_old_release_offered_for_a_spoofed_version_is_refused(make_device, fleet
     link = LinkProxy(("127.0.0.1", update_server.port), spoof_version="1.0.0").start()
     try:
         device.start(FOTA_SERVER_URL=f"http://127.0.0.1:{link.port}")
-        fleet.wait_for(lambda f: f.states.get(device.device_id, {}).get("state") in ("running", "committed", "up_to_date"),
-                       30, "boot on 2.0.0")
+        fleet.wait_for(lambda f: f.states.get(device.device_id, {}).get("state") in SUCCESS_STATES, 30,
+                       "boot on 2.0.0")
         fleet.command([device.device_id], {"cmd": "update"})
         fleet.wait_for(lambda f: f.states.get(device.device_id, {}).get("state") == "failed", 60, "the replay refused")
     finally:

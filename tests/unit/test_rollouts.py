@@ -9,8 +9,8 @@ from fotalab.server.rollouts import DeviceFact, Policy
 DEVICES = [f"d{n}" for n in range(1, 11)]
 
 
-def make(specs=("1", "50%"), policy=Policy(), devices=DEVICES) -> ro.Rollout:
-    return ro.plan(7, "2.0.0", {"all": True}, list(devices), list(specs), policy)
+def make(specs=("1", "50%"), policy: Policy | None = None, devices=DEVICES) -> ro.Rollout:
+    return ro.plan(7, "2.0.0", {"all": True}, list(devices), list(specs), policy or Policy())
 
 
 def committed(ts: float = 100.0, version: str = "2.0.0") -> DeviceFact:

@@ -16,6 +16,11 @@ from fotalab.formats.signing import Signer, Verifier, generate_private_key, priv
 from samples import edit, make_image, make_payload
 
 
+def rotation_chain(old: Signer, new: Signer) -> bytes:
+    """The key-rotations.json document announcing `new`, signed by `old`."""
+    return json.dumps([json.loads(make_rotation(old, new.public_pem))]).encode()
+
+
 @pytest.fixture(scope="module")
 def new_key() -> Signer:
     return Signer(private_key_pem(generate_private_key("ed25519")))
@@ -27,7 +32,7 @@ def rotated_server(server, release, release_key, new_key):
     image = make_image(new_key, "2.0.0", edit(make_payload(1), 2), counter=2)
     server.manifest = release["manifest_for"](image=image, deltas=(), signer=new_key)
     server.files[sha(image)] = image
-    server.documents["key-rotations.json"] = json.dumps([json.loads(make_rotation(release_key, new_key.public_pem))]).encode()
+    server.documents["key-rotations.json"] = rotation_chain(release_key, new_key)
     return server
 
 
@@ -68,7 +73,7 @@ def test_rolled_back_rotation_keeps_the_old_anchor(tmp_path, factory_dir, server
     bad = make_image(new_key, "2.0.0", edit(make_payload(1), 2), counter=2, behaviour=Behaviour.CRASH_AT_BOOT)
     server.manifest = release["manifest_for"](image=bad, deltas=(), signer=new_key)
     server.files[sha(bad)] = bad
-    server.documents["key-rotations.json"] = json.dumps([json.loads(make_rotation(release_key, new_key.public_pem))]).encode()
+    server.documents["key-rotations.json"] = rotation_chain(release_key, new_key)
     update_to_trial(tmp_path, factory_dir, server)
     for _ in range(4):
         engine, _ = power_on(tmp_path / "flash", factory_dir, server, reset_reason="crash (exit 1)")
@@ -81,7 +86,7 @@ def test_rotation_signed_by_a_foreign_key_is_refused(tmp_path, factory_dir, serv
     forged = make_image(foreign_key, "2.0.0", edit(make_payload(1), 2), counter=2)
     server.manifest = release["manifest_for"](image=forged, deltas=(), signer=foreign_key)
     server.files[sha(forged)] = forged
-    server.documents["key-rotations.json"] = json.dumps([json.loads(make_rotation(foreign_key, foreign_key.public_pem))]).encode()
+    server.documents["key-rotations.json"] = rotation_chain(foreign_key, foreign_key)
     engine, recorder = power_on(tmp_path / "flash", factory_dir, server)
     assert engine.check() == "failed"
     assert "no signed rotation leads" in recorder.last[1]["reason"]

@@ -48,8 +48,8 @@ def test_every_release_gets_a_signed_image_and_manifest_with_working_deltas(tmp_
         assert [d.base_version for d in manifest.deltas] == [v for v in images if v < release["version"]]
         for delta in manifest.deltas:
             data = (tmp_path / "out" / "artifacts" / delta.sha256).read_bytes()
-            assert apply_delta(images[delta.base_version], Delta(delta.encoding, data), len(images[release["version"]])) \
-                == images[release["version"]]
+            new_image = images[release["version"]]
+            assert apply_delta(images[delta.base_version], Delta(delta.encoding, data), len(new_image)) == new_image
             assert len(data) * 5 < len(images[release["version"]])     # consecutive versions are edits
 
 
