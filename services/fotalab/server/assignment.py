@@ -7,11 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .artifacts import ReleaseIndex
+from .errors import AssignmentError
 from .registry import Registry
-
-
-class AssignmentError(ValueError):
-    """An assignment that cannot be made; the message lists what can be assigned."""
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 
-from ..device.bootloader import POWER_ON
+from ..protocol import ACTIVE_ROLLOUTS, Event, ResetReason
 from .artifacts import ReleaseIndex
 from .registry import Registry
 
@@ -36,16 +36,16 @@ def update_download(registry: Registry, commit: dict) -> tuple[str, int] | None:
     """(artifact kind, bytes downloaded) of the update a `committed` event concluded; None when
     its download is not in the history."""
     version, downloaded, rejected = commit["payload"].get("version"), 0, False
-    for event in registry.events_before(commit["device_id"], commit["id"],
-                                        ("update_started", "downloaded", "delta_rejected", "committed"), LOOK_BACK):
+    kinds = (Event.UPDATE_STARTED, Event.DOWNLOADED, Event.DELTA_REJECTED, Event.COMMITTED)
+    for event in registry.events_before(commit["device_id"], commit["id"], kinds, LOOK_BACK):
         payload = event["payload"]
-        if event["event"] == "committed":
+        if event["event"] == Event.COMMITTED:
             break                                      # the update before this one
         if payload.get("target") != version:
             continue
-        if event["event"] == "downloaded":
+        if event["event"] == Event.DOWNLOADED:
             downloaded += int(payload.get("length") or 0)
-        elif event["event"] == "delta_rejected":
+        elif event["event"] == Event.DELTA_REJECTED:
             rejected = True
         else:
             kind = payload.get("artifact") or "image"
@@ -55,7 +55,7 @@ def update_download(registry: Registry, commit: dict) -> tuple[str, int] | None:
 
 def bandwidth(registry: Registry, index: ReleaseIndex, since: float) -> dict:
     updates = []
-    for commit in reversed(registry.recent_events("committed", since=since, limit=MAX_UPDATES)):
+    for commit in reversed(registry.recent_events(Event.COMMITTED, since=since, limit=MAX_UPDATES)):
         found = update_download(registry, commit)
         full = image_length(index, commit["payload"].get("hardware"), commit["payload"].get("version"))
         if found and full:
@@ -73,13 +73,13 @@ def rollout_progress(registry: Registry, rollout_id: int | None, now: float) -> 
     rollout, created_at, updated_at = records[0]
     members = {d.device_id for d in rollout.devices}
     first_commit: dict[str, float] = {}
-    for event in reversed(registry.recent_events("committed", since=created_at, limit=MAX_EVENTS)):
+    for event in reversed(registry.recent_events(Event.COMMITTED, since=created_at, limit=MAX_EVENTS)):
         if event["device_id"] in members and event["payload"].get("version") == rollout.release:
             first_commit.setdefault(event["device_id"], event["received_at"])
     points = [{"at": at, "committed": count} for count, at in enumerate(sorted(first_commit.values()), 1)]
     return {"id": rollout.id, "release": rollout.release, "status": rollout.status, "devices": len(members),
             "phases": list(rollout.phases), "created_at": created_at,
-            "until": now if rollout.status in ("running", "paused") else updated_at, "points": points,
+            "until": now if rollout.status in ACTIVE_ROLLOUTS else updated_at, "points": points,
             "marks": [{"at": d["at"], "action": d["action"], "phase": d["phase"], "reason": d["reason"]}
                       for d in registry.rollout_log(rollout_id=rollout.id)]}
 
@@ -87,11 +87,11 @@ def rollout_progress(registry: Registry, rollout_id: int | None, now: float) -> 
 def recoveries(registry: Registry, since: float, now: float) -> dict:
     bucket_s = (now - since) / BUCKETS
     series = {"power_on_boots": [0] * BUCKETS, "download_resumes": [0] * BUCKETS, "update_resumes": [0] * BUCKETS}
-    sources = (("power_on_boots", "booted"), ("download_resumes", "download_resumed"),
-               ("update_resumes", "update_resumed"))
+    sources = (("power_on_boots", Event.BOOTED), ("download_resumes", Event.DOWNLOAD_RESUMED),
+               ("update_resumes", Event.UPDATE_RESUMED))
     for name, kind in sources:
         for event in registry.recent_events(kind, since=since, limit=MAX_EVENTS):
-            if kind == "booted" and event["payload"].get("reset_reason") != POWER_ON:
+            if kind == Event.BOOTED and event["payload"].get("reset_reason") != ResetReason.POWER_ON:
                 continue
             series[name][min(int((event["received_at"] - since) / bucket_s), BUCKETS - 1)] += 1
     return {"since": since, "until": now, "bucket_s": bucket_s, "series": series,

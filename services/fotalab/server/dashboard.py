@@ -8,64 +8,67 @@ the token-protected API (api.py), with the token the user pastes into the page.
 """
 from __future__ import annotations
 
-from flask import Blueprint, Flask, Response, abort, jsonify, request, send_from_directory
+from flask import Blueprint, Response, current_app, jsonify, request, send_from_directory
 
 from . import charts
-from .api import Services
+from .errors import InvalidRequest
 from .fleetview import snapshot
 from .live import HANGUP, Stream
+from .services import services
 
 MAX_HOURS = 7 * 24
 BUSY_RETRY_S = 30               # when a worker's streams are all taken
 STREAM_PATH = "/api/v1/stream"
 
+blueprint = Blueprint("dashboard", __name__)
 
-def dashboard_blueprint(app: Flask, services: Services) -> Blueprint:
-    page = Blueprint("dashboard", __name__)
-    registry, hub = services.registry, services.live
 
-    @page.get("/")
-    def index():
-        return send_from_directory(app.static_folder, "index.html", max_age=0)
+@blueprint.get("/")
+def index() -> Response:
+    return send_from_directory(current_app.static_folder, "index.html", max_age=0)
 
-    @page.get("/api/v1/dashboard")
-    def dashboard_snapshot():
-        return jsonify(snapshot(registry))
 
-    @page.get("/api/v1/dashboard/charts")
-    def dashboard_charts():
-        try:
-            hours = float(request.args.get("hours", 24))
-            rollout_id = int(request.args["rollout"]) if request.args.get("rollout") else None
-        except ValueError:
-            abort(400, "query parameters: hours is a number of hours (e.g. 24), rollout a rollout id")
-        if not 0 < hours <= MAX_HOURS:
-            abort(400, f"hours must be more than 0 and at most {MAX_HOURS} (a week), got {hours:g}")
-        if rollout_id is not None and registry.rollout(rollout_id) is None:
-            abort(404, f"no rollout {rollout_id}: GET /api/v1/rollouts lists them")
-        return jsonify(charts.charts(registry, services.index.get(), hours=hours, rollout_id=rollout_id))
+@blueprint.get("/api/v1/dashboard")
+def dashboard_snapshot() -> Response:
+    return jsonify(snapshot(services().registry))
 
-    @page.get(STREAM_PATH)
-    def stream():
-        subscription = hub.subscribe()
-        if subscription is None:
-            why = ("this server worker is stopping" if hub.closing else
-                   f"this server worker already serves {hub.limit} live dashboard streams "
-                   "(FOTA_SERVER_STREAMS, at most half its threads)")
-            response = jsonify(error=f"{why}: retry in {BUSY_RETRY_S} s, or poll GET /api/v1/dashboard",
-                               status=503, retry_ms=BUSY_RETRY_S * 1000)
-            response.headers["Retry-After"] = str(BUSY_RETRY_S)
-            return response, 503
-        try:
-            first = snapshot(registry)
-        except BaseException:
-            hub.unsubscribe(subscription)
-            raise
-        hangup = (request.environ.get("asgi.scope") or {}).get(HANGUP)
-        if hangup is not None:
-            hangup.tie(subscription)
-        body = Stream(hub, subscription, first, stream_s=services.config.stream_s)
-        return Response(body, mimetype="text/event-stream",
-                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    return page
+@blueprint.get("/api/v1/dashboard/charts")
+def dashboard_charts() -> Response:
+    try:
+        hours = float(request.args.get("hours", 24))
+        rollout_id = int(request.args["rollout"]) if request.args.get("rollout") else None
+    except ValueError:
+        raise InvalidRequest("query parameters: hours is a number of hours (e.g. 24), rollout a rollout id") from None
+    if not 0 < hours <= MAX_HOURS:
+        raise InvalidRequest(f"hours must be more than 0 and at most {MAX_HOURS} (a week), got {hours:g}")
+    if rollout_id is not None:
+        services().known_rollout(rollout_id)
+    return jsonify(charts.charts(services().registry, services().index.get(), hours=hours, rollout_id=rollout_id))
+
+
+@blueprint.get(STREAM_PATH)
+def stream() -> Response | tuple[Response, int]:
+    """The snapshot, then the registry's changes (live.py); 503 with Retry-After when this worker
+    serves its maximum of streams: a busy answer the page knows, not an error."""
+    hub = services().live
+    subscription = hub.subscribe()
+    if subscription is None:
+        why = ("this server worker is stopping" if hub.closing else
+               f"this server worker already serves {hub.limit} live dashboard streams "
+               "(FOTA_SERVER_STREAMS, at most half its threads)")
+        response = jsonify(error=f"{why}: retry in {BUSY_RETRY_S} s, or poll GET /api/v1/dashboard",
+                           status=503, retry_ms=BUSY_RETRY_S * 1000)
+        response.headers["Retry-After"] = str(BUSY_RETRY_S)
+        return response, 503
+    try:
+        first = snapshot(services().registry)
+    except BaseException:
+        hub.unsubscribe(subscription)
+        raise
+    hangup = (request.environ.get("asgi.scope") or {}).get(HANGUP)
+    if hangup is not None:
+        hangup.tie(subscription)
+    body = Stream(hub, subscription, first, stream_s=services().config.stream_s)
+    return Response(body, mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

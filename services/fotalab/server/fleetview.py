@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import time
 
+from ..protocol import FAILED_STATES, Outcome, State
 from .registry import Registry, RolloutRecord
 
-OUTCOME_STATES = ("failed", "trial_failed", "rolled_back")
 SNAPSHOT_ROLLOUTS = 10          # the newest rollouts on the page
 
 
@@ -19,14 +19,15 @@ def last_result(device: dict) -> dict | None:
     """The outcome of the device's last update, from its last report: a failure with its reason,
     a rollback the bootloader remembers (until the next commit), or a commit."""
     report = device["report"] or {}
-    if device["state"] in OUTCOME_STATES:
+    if device["state"] in FAILED_STATES:          # the failed state itself is the outcome
         return {"outcome": device["state"], "version": report.get("target") or device["version"],
                 "reason": device["reason"] or ""}
     rollback = report.get("last_rollback")
     if rollback:
-        return {"outcome": "rolled_back", "version": rollback.get("version"), "reason": rollback.get("reason", "")}
-    if device["state"] == "committed":
-        return {"outcome": "committed", "version": device["version"], "reason": ""}
+        return {"outcome": Outcome.ROLLED_BACK, "version": rollback.get("version"),
+                "reason": rollback.get("reason", "")}
+    if device["state"] == State.COMMITTED:
+        return {"outcome": Outcome.COMMITTED, "version": device["version"], "reason": ""}
     return None
 
 

@@ -24,6 +24,7 @@ from .dashboard import STREAM_PATH
 from .downloads import ASGIApp, Downloads, Receive, Scope, Send, until_disconnected
 from .live import HANGUP, Hangup
 from .logs import RequestLog
+from .services import EXTENSION
 
 
 class StreamWatch:
@@ -60,5 +61,5 @@ class StreamWatch:
 def asgi_app(flask: Flask, threads: int) -> ASGIApp:
     """What gunicorn serves (gunicorn_app.py): `flask` (create_app) behind the downloads, run
     in `threads` threads per worker."""
-    index = flask.extensions["fotalab"].index
+    index = flask.extensions[EXTENSION].index
     return RequestLog(Downloads(StreamWatch(WSGIMiddleware(flask, workers=threads)), index))

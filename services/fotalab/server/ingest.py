@@ -34,19 +34,16 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from ..protocol import PREFIX, device_topic
+from ..protocol import PREFIX, Presence, device_topic
 from . import metrics
 from .config import ServerConfig
+from .errors import InvalidMessage
 from .registry import Registry
 from .rollout_engine import HINT, RolloutEngine
 
 log = logging.getLogger("fotalab.server.ingest")
 SUBSCRIPTIONS = [(f"{PREFIX}/devices/+/{kind}", 1) for kind in ("state", "events", "status")]
 MAX_PAYLOAD = 64 * 1024
-
-
-class InvalidMessage(ValueError):
-    """A device message that cannot be stored; it is acknowledged and dropped with a warning."""
 
 
 def _report(device_id: str, payload: bytes, required: str) -> dict:
@@ -75,12 +72,13 @@ def handle(registry: Registry, topic: str, payload: bytes, now: float | None = N
     device_id, kind = parts[3], parts[4]
     if kind == "status":
         status = payload.decode(errors="replace")
-        if status not in ("online", "offline"):
-            raise InvalidMessage(f"status {status[:40]!r} is neither 'online' nor 'offline'")
-        registry.record_status(device_id, status == "online", now)
+        if status not in tuple(Presence):
+            raise InvalidMessage(f"status {status[:40]!r} is neither '{Presence.ONLINE}' nor '{Presence.OFFLINE}'")
+        registry.record_status(device_id, status == Presence.ONLINE, now)
         return kind, "stored"
     if kind == "state":
-        return kind, "stored" if registry.record_state(device_id, _report(device_id, payload, "state"), now) else "stale"
+        stored = registry.record_state(device_id, _report(device_id, payload, "state"), now)
+        return kind, "stored" if stored else "stale"
     if kind == "events":
         stored = registry.record_event(device_id, _report(device_id, payload, "event"), now)
         return kind, "stored" if stored else "duplicate"

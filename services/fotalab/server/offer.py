@@ -11,10 +11,7 @@ from dataclasses import dataclass
 
 from ..formats.image import parse_version
 from .artifacts import Artifact, ReleaseIndex
-
-
-class UnknownHardware(LookupError):
-    """No release was ever built for this hardware id."""
+from .errors import UnknownHardware
 
 
 @dataclass(frozen=True)
@@ -42,7 +39,8 @@ def select(index: ReleaseIndex, *, hardware: str, running_version: str, running_
            assigned_version: str) -> Offer:
     """Raises UnknownHardware, or ValueError for a malformed running version."""
     if hardware not in index.hardware:
-        raise UnknownHardware(hardware)
+        raise UnknownHardware(f"no releases for hardware {hardware!r}: check the device's FOTA_HARDWARE "
+                              "(GET /api/v1/releases lists the hardware ids)")
     running = parse_version(running_version)
     target = index.release(hardware, assigned_version)
     if target is None:

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..protocol import RolloutStatus
+from .rollouts import ON_FAILURE, Action, Actor
+
 JSON = "application/json"
 
 
@@ -32,7 +35,8 @@ def _artifact_get(summary: str, parameter: dict) -> dict:
     return {"get": {
         "summary": summary, "parameters": [
             parameter,
-            {"name": "Range", "in": "header", "schema": {"type": "string"}, "description": "one range: bytes=START-[END]"},
+            {"name": "Range", "in": "header", "schema": {"type": "string"},
+             "description": "one range: bytes=START-[END]"},
             {"name": "If-Range", "in": "header", "schema": {"type": "string"},
              "description": "the ETag of the partial copy; the range applies only if it still matches"},
             {"name": "If-None-Match", "in": "header", "schema": {"type": "string"}}],
@@ -85,18 +89,19 @@ def openapi_document() -> dict[str, Any]:
                                                  '{"group": "<name>"} or {"devices": ["<id>", ...]} '
                                                  '(in phase order)', "type": "object"},
                     "phases": {"type": "array", "items": {"type": "string"},
-                               "description": 'cumulative: "1" a canary of 1 device, "50%" half; default ["1", "100%"]'},
+                               "description": 'cumulative: "1" a canary of 1 device, "50%" half; '
+                                              'default ["1", "100%"]'},
                     "policy": {"type": "object", "properties": {
                         "success_ratio": {"type": "number", "description": "committed share of a phase to go on (1)"},
-                        "max_failure_ratio": {"type": "number",
-                                              "description": "failures / devices offered above which the gate trips (0)"},
-                        "on_failure": {"enum": ["paused", "aborted"]},
+                        "max_failure_ratio": {"type": "number", "description":
+                                              "failures / devices offered above which the gate trips (0)"},
+                        "on_failure": {"enum": list(ON_FAILURE)},
                         "max_retries": {"type": "integer", "description": "transient failures retried per device (3)"},
                         "backoff_s": {"type": "number", "description": "first retry delay, doubled each time (10)"},
                         "rehint_s": {"type": "number", "description": "hint again after this silence (30)"}}}}},
                 "Rollout": {"type": "object", "properties": {
                     "id": {"type": "integer"}, "release": {"type": "string"}, "selection": {"type": "object"},
-                    "status": {"enum": ["running", "paused", "aborted", "completed"]}, "reason": {"type": "string"},
+                    "status": {"enum": list(RolloutStatus)}, "reason": {"type": "string"},
                     "phase": {"type": "integer"}, "phases": {"type": "array", "items": {"type": "object"}},
                     "quarantined": {"type": "array", "items": {"type": "string"},
                                     "description": "devices on which the release rolled back: never offered again"},
@@ -104,8 +109,8 @@ def openapi_document() -> dict[str, Any]:
                 "Decision": {"type": "object", "description": "one entry of a rollout's log", "properties": {
                     "id": {"type": "integer"}, "rollout_id": {"type": "integer"},
                     "at": {"type": "number", "description": "server clock"},
-                    "actor": {"enum": ["engine", "operator"]},
-                    "action": {"enum": ["created", "advanced", "paused", "resumed", "aborted", "completed"]},
+                    "actor": {"enum": list(Actor)},
+                    "action": {"enum": list(Action)},
                     "status": {"type": "string", "description": "the rollout's status after the decision"},
                     "phase": {"type": "integer"}, "reason": {"type": "string"}}},
                 "Snapshot": {"type": "object", "description": "the dashboard's view of the fleet", "properties": {
@@ -128,7 +133,8 @@ def openapi_document() -> dict[str, Any]:
                                  "responses": {"200": {"description": "metrics", "content": {"text/plain": {}}}}}},
             "/artifacts/{sha256}": _artifact_get(
                 "an artifact by its SHA-256 (immutable)",
-                {"name": "sha256", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}),
+                {"name": "sha256", "in": "path", "required": True,
+                 "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}),
             "/updates/{name}": _artifact_get(
                 "an artifact by an indexed name (the seed's URLs, e.g. v1_to_v2.delta, v2.bin, v2.sig)",
                 {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}),
@@ -195,7 +201,8 @@ def openapi_document() -> dict[str, Any]:
                 "put": {"summary": "assign a release to this device (overrides the default)", "security": SECURED,
                         "parameters": [DEVICE_ID],
                         "requestBody": {"required": True, "content": {JSON: {"schema": {
-                            "type": "object", "required": ["version"], "properties": {"version": {"type": "string"}}}}}},
+                            "type": "object", "required": ["version"],
+                            "properties": {"version": {"type": "string"}}}}}},
                         "responses": {"200": _json(_ref("Assignment"), "assigned"), "400": ERROR, "401": ERROR,
                                       "422": ERROR}},
                 "delete": {"summary": "back to the server's default release", "security": SECURED,

@@ -24,7 +24,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
-from .rollouts import Decision, Rollout, RolloutError, dumps, loads
+from ..protocol import ACTIVE_ROLLOUTS, RolloutStatus
+from .errors import RolloutConflict
+from .rollouts import Action, Actor, Decision, Rollout, assignments_to_clear, dumps, loads
 
 SCHEMA_VERSION = 3      # 3: rollout_log, and indexes for the dashboard's change feed and charts
 SCHEMA = """
@@ -96,14 +98,20 @@ CREATE TABLE IF NOT EXISTS ingester (
 );
 """
 # a v2 database gets a "created" entry for each rollout it holds: no rollout has an empty log
-BACKFILL_V3 = """
+BACKFILL_V3 = f"""
 INSERT INTO rollout_log (rollout_id, at, actor, action, status, phase, reason)
-    SELECT id, created_at, 'operator', 'created', 'running', 0, 'created before this server kept a rollout log'
+    SELECT id, created_at, '{Actor.OPERATOR}', '{Action.CREATED}', '{RolloutStatus.RUNNING}', 0,
+           'created before this server kept a rollout log'
     FROM rollouts WHERE id NOT IN (SELECT rollout_id FROM rollout_log);
 """
 LOG_COLUMNS = ("id", "rollout_id", "at", "actor", "action", "status", "phase", "reason")
 DEVICE_COLUMNS = ("device_id", "hardware", "state", "version", "slot", "image_sha256", "progress", "reason",
                   "state_ts", "online", "first_seen", "last_seen")
+EVENT_COLUMNS = ("id", "device_id", "ts", "event", "received_at", "payload")     # id first: it is assigned
+UPSERT_ASSIGNMENT = ("INSERT INTO assignments (device_id, version, assigned_at) VALUES (?, ?, ?) "
+                     "ON CONFLICT (device_id) DO UPDATE SET version = excluded.version, "
+                     "assigned_at = excluded.assigned_at")
+ACTIVE = f"status IN ({', '.join('?' * len(ACTIVE_ROLLOUTS))})"   # a rollout's; bind ACTIVE_ROLLOUTS to it
 
 
 class RolloutRecord(NamedTuple):
@@ -194,7 +202,7 @@ class Registry:
         now = time.time() if now is None else now
         with self._write() as db:
             self._seen(db, device_id, now)
-            stored = db.execute("INSERT OR IGNORE INTO events (device_id, ts, event, received_at, payload) "
+            stored = db.execute(f"INSERT OR IGNORE INTO events ({', '.join(EVENT_COLUMNS[1:])}) "
                                 "VALUES (?, ?, ?, ?, ?)",
                                 (device_id, event["ts"], event["event"], now, json.dumps(event, sort_keys=True))
                                 ).rowcount
@@ -248,34 +256,26 @@ class Registry:
         return self._device(row) if row else None
 
     def history(self, device_id: str, *, after: int = 0, limit: int = 100) -> list[dict]:
-        rows = self._db().execute("SELECT id, device_id, ts, event, received_at, payload FROM events "
-                                  "WHERE device_id = ? AND id > ? ORDER BY id LIMIT ?", (device_id, after, limit))
-        return [self._event(r) for r in rows]
+        return self._events("device_id = ? AND id > ? ORDER BY id LIMIT ?", (device_id, after, limit))
 
     def events(self, *, after: int = 0, limit: int = 500) -> list[dict]:
         """Every device's events after event id `after`, oldest first."""
-        rows = self._db().execute("SELECT id, device_id, ts, event, received_at, payload FROM events "
-                                  "WHERE id > ? ORDER BY id LIMIT ?", (after, limit))
-        return [self._event(r) for r in rows]
+        return self._events("id > ? ORDER BY id LIMIT ?", (after, limit))
 
     def recent_events(self, kind: str, *, since: float, limit: int) -> list[dict]:
         """The newest events of one kind received since `since` (server clock), newest first."""
-        rows = self._db().execute("SELECT id, device_id, ts, event, received_at, payload FROM events "
-                                  "WHERE event = ? AND received_at >= ? ORDER BY received_at DESC LIMIT ?",
-                                  (kind, since, limit))
-        return [self._event(r) for r in rows]
+        return self._events("event = ? AND received_at >= ? ORDER BY received_at DESC LIMIT ?", (kind, since, limit))
 
     def events_before(self, device_id: str, before: int, kinds: Sequence[str], limit: int) -> list[dict]:
         """A device's events of the given kinds before event id `before`, newest first."""
-        rows = self._db().execute("SELECT id, device_id, ts, event, received_at, payload FROM events "
-                                  f"WHERE device_id = ? AND id < ? AND event IN ({','.join('?' * len(kinds))}) "
-                                  "ORDER BY id DESC LIMIT ?", (device_id, before, *kinds, limit))
-        return [self._event(r) for r in rows]
+        return self._events(f"device_id = ? AND id < ? AND event IN ({','.join('?' * len(kinds))}) "
+                            "ORDER BY id DESC LIMIT ?", (device_id, before, *kinds, limit))
 
-    @staticmethod
-    def _event(row: sqlite3.Row) -> dict:
-        return {"id": row["id"], "device_id": row["device_id"], "ts": row["ts"], "event": row["event"],
-                "received_at": row["received_at"], "payload": json.loads(row["payload"])}
+    def _events(self, where: str, args: Sequence) -> list[dict]:
+        """Events as the API shows them (the payload parsed), selected by `where` (with its ORDER and LIMIT)."""
+        rows = self._db().execute(f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE {where}", args)
+        return [{**{column: row[column] for column in EVENT_COLUMNS[:-1]}, "payload": json.loads(row["payload"])}
+                for row in rows]
 
     def high_water(self) -> tuple[int, int]:
         """The last event id and the last rollout log id: where a change feed starts."""
@@ -299,9 +299,7 @@ class Registry:
 
     def set_assignment(self, device_id: str, version: str) -> None:
         with self._write() as db:
-            db.execute("INSERT INTO assignments (device_id, version, assigned_at) VALUES (?, ?, ?) "
-                       "ON CONFLICT (device_id) DO UPDATE SET version = excluded.version, "
-                       "assigned_at = excluded.assigned_at", (device_id, version, time.time()))
+            db.execute(UPSERT_ASSIGNMENT, (device_id, version, time.time()))
 
     # --- rollouts (rollouts.py decides, the engine and the API save) ----------------------------------
 
@@ -309,14 +307,14 @@ class Registry:
         """Store a new rollout unless another one is active (one at a time keeps devices unambiguous)."""
         with self._write() as db:
             now = time.time()                  # under the write lock: updated_at follows commit order
-            active = db.execute("SELECT id, status FROM rollouts WHERE status IN ('running', 'paused')").fetchone()
+            active = db.execute(f"SELECT id, status FROM rollouts WHERE {ACTIVE}", (*ACTIVE_ROLLOUTS,)).fetchone()
             if active:
-                raise RolloutError(f"rollout {active['id']} is {active['status']}: abort it or let it finish "
-                                   "before creating another one")
+                raise RolloutConflict(f"rollout {active['id']} is {active['status']}: abort it or let it finish "
+                                      "before creating another one")
             rollout_id = db.execute("INSERT INTO rollouts (status, revision, created_at, updated_at, body) "
                                     "VALUES (?, 1, ?, ?, ?)", (rollout.status, now, now, dumps(rollout))).lastrowid
             created = replace(rollout, id=rollout_id, revision=1)
-            self._log(db, created, "operator", [Decision("created", reason)], now)
+            self._log(db, created, Actor.OPERATOR, [Decision(Action.CREATED, reason)], now)
         return created
 
     def rollout(self, rollout_id: int) -> Rollout | None:
@@ -324,9 +322,9 @@ class Registry:
         return loads(row["id"], row["revision"], row["body"]) if row else None
 
     def rollouts(self, *, active_only: bool = False) -> list[Rollout]:
-        sql = "SELECT id, revision, body FROM rollouts"
-        sql += " WHERE status IN ('running', 'paused')" if active_only else ""
-        return [loads(r["id"], r["revision"], r["body"]) for r in self._db().execute(sql + " ORDER BY id")]
+        where, args = (f" WHERE {ACTIVE}", (*ACTIVE_ROLLOUTS,)) if active_only else ("", ())
+        rows = self._db().execute(f"SELECT id, revision, body FROM rollouts{where} ORDER BY id", args)
+        return [loads(r["id"], r["revision"], r["body"]) for r in rows]
 
     def rollout_records(self, *, updated_since: float | None = None, rollout_id: int | None = None,
                         latest: int = -1) -> list[RolloutRecord]:
@@ -341,11 +339,12 @@ class Registry:
         return [RolloutRecord(loads(r["id"], r["revision"], r["body"]), r["created_at"], r["updated_at"])
                 for r in reversed(rows.fetchall())]
 
-    def save_rollout(self, rollout: Rollout, *, assign: Sequence[str] = (), unassign: Sequence[str] = (),
-                     actor: str = "engine", decisions: Sequence[Decision] = ()) -> Rollout | None:
+    def save_rollout(self, rollout: Rollout, *, assign: Sequence[str] = (), actor: Actor = Actor.ENGINE,
+                     decisions: Sequence[Decision] = ()) -> Rollout | None:
         """Save if nobody saved since `rollout.revision` was read, with the assignments it implies
-        and the decisions to log, in one transaction; the saved rollout, or None when it lost the
-        race (read it again)."""
+        (`assign`: the devices now offered its release; those an abort withdraws it from are worked
+        out here, rollouts.assignments_to_clear) and the decisions to log, in one transaction; the
+        saved rollout, or None when it lost the race (read it again)."""
         with self._write() as db:
             now = time.time()                  # under the write lock: updated_at follows commit order
             saved = db.execute("UPDATE rollouts SET status = ?, revision = revision + 1, updated_at = ?, body = ? "
@@ -353,16 +352,14 @@ class Registry:
                                (rollout.status, now, dumps(rollout), rollout.id, rollout.revision)).rowcount
             if not saved:
                 return None
-            db.executemany("INSERT INTO assignments (device_id, version, assigned_at) VALUES (?, ?, ?) "
-                           "ON CONFLICT (device_id) DO UPDATE SET version = excluded.version, "
-                           "assigned_at = excluded.assigned_at", [(d, rollout.release, now) for d in assign])
+            db.executemany(UPSERT_ASSIGNMENT, [(d, rollout.release, now) for d in assign])
             db.executemany("DELETE FROM assignments WHERE device_id = ? AND version = ?",
-                           [(d, rollout.release) for d in unassign])
+                           [(d, rollout.release) for d in assignments_to_clear(rollout)])
             self._log(db, rollout, actor, decisions, now)
         return replace(rollout, revision=rollout.revision + 1)
 
     @staticmethod
-    def _log(db: sqlite3.Connection, rollout: Rollout, actor: str, decisions: Sequence[Decision], now: float) -> None:
+    def _log(db: sqlite3.Connection, rollout: Rollout, actor: Actor, decisions: Sequence[Decision], now: float) -> None:
         db.executemany("INSERT INTO rollout_log (rollout_id, at, actor, action, status, phase, reason) "
                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
                        [(rollout.id, now, actor, d.action, rollout.status, rollout.phase, d.reason) for d in decisions])

@@ -18,11 +18,12 @@ import threading
 import time
 from collections.abc import Callable
 
+from ..protocol import Command, Outcome
 from . import rollouts
 from .registry import Registry
 
 log = logging.getLogger("fotalab.server.rollouts")
-HINT = json.dumps({"cmd": "update"})
+HINT = json.dumps({"cmd": Command.UPDATE})
 
 
 def facts(registry: Registry, rollout: rollouts.Rollout) -> dict[str, rollouts.DeviceFact]:
@@ -44,10 +45,9 @@ def tick(registry: Registry, hint: Callable[[str], None], now: float | None = No
         stepped, hints = rollouts.step(rollout, facts(registry, rollout), current)
         if stepped == rollout:
             continue
-        offered = [d.device_id for d in stepped.devices if d.status == rollouts.OFFERED]
-        unassign = rollouts.assignments_to_clear(stepped) if stepped.status == rollouts.ABORTED else []
+        offered = [d.device_id for d in stepped.devices if d.status == Outcome.OFFERED]
         decided = rollouts.decisions(rollout, stepped)
-        if registry.save_rollout(stepped, assign=offered, unassign=unassign, decisions=decided) is None:
+        if registry.save_rollout(stepped, assign=offered, decisions=decided) is None:
             continue                                  # the operator changed it meanwhile: next tick
         for decision in decided:
             log.info("rollout %d of %s: %s, now %s in phase %d (%s)", stepped.id, stepped.release, decision.action,

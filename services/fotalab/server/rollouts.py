@@ -19,25 +19,49 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
+from enum import StrEnum
 
-RUNNING, PAUSED, ABORTED, COMPLETED = "running", "paused", "aborted", "completed"
-ACTIVE = (RUNNING, PAUSED)
-# per device
-PENDING, OFFERED, COMMITTED, ROLLED_BACK, FAILED = "pending", "offered", "committed", "rolled_back", "failed"
-SETTLED = (COMMITTED, ROLLED_BACK, FAILED)
-SUCCESS_STATES = ("committed", "running", "up_to_date")
-FAILED_STATES = ("failed", "trial_failed", "rolled_back")
+from ..protocol import ACTIVE_ROLLOUTS, FAILED_STATES, SUCCESS_STATES, Outcome, RollbackCause, RolloutStatus, State
+from .errors import RolloutConflict, RolloutError
+
+# protocol's members under the short names this module exported before protocol.py had them
+RUNNING, PAUSED, ABORTED, COMPLETED = (RolloutStatus.RUNNING, RolloutStatus.PAUSED, RolloutStatus.ABORTED,
+                                       RolloutStatus.COMPLETED)
+PENDING, OFFERED, COMMITTED, ROLLED_BACK, FAILED = (Outcome.PENDING, Outcome.OFFERED, Outcome.COMMITTED,
+                                                    Outcome.ROLLED_BACK, Outcome.FAILED)
+SETTLED = frozenset({Outcome.COMMITTED, Outcome.ROLLED_BACK, Outcome.FAILED})
+FAILURES = frozenset({Outcome.ROLLED_BACK, Outcome.FAILED})
+ON_FAILURE = (RolloutStatus.PAUSED, RolloutStatus.ABORTED)     # what a tripped failure gate may do
 
 
-class RolloutError(ValueError):
-    """A rollout request that cannot be honoured; the message says why and what to do."""
+class Action(StrEnum):
+    """A decision in a rollout's log (the API's and the dashboard's word for it)."""
+    CREATED = "created"
+    ADVANCED = "advanced"
+    PAUSED = RolloutStatus.PAUSED.value
+    RESUMED = "resumed"
+    ABORTED = RolloutStatus.ABORTED.value
+    COMPLETED = RolloutStatus.COMPLETED.value
+
+
+class Actor(StrEnum):
+    """Who made a decision in a rollout's log."""
+    ENGINE = "engine"
+    OPERATOR = "operator"
+
+
+class Verdict(StrEnum):
+    """classify()'s answers besides an Outcome: the device's report settles nothing yet."""
+    WAITING = "waiting"               # no report since the hint
+    RETRY = "retry"                   # a transient failure, or the release was not installed
+    BUSY = "busy"                     # updating
 
 
 @dataclass(frozen=True)
 class Policy:
     success_ratio: float = 1.0        # committed / phase size needed to start the next phase
     max_failure_ratio: float = 0.0    # failures / devices offered so far above which the gate trips
-    on_failure: str = PAUSED          # PAUSED or ABORTED
+    on_failure: str = RolloutStatus.PAUSED        # one of ON_FAILURE
     max_retries: int = 3              # transient failures retried per device
     backoff_s: float = 10.0           # first retry delay, doubled on each retry
     rehint_s: float = 30.0            # re-send a hint the device has not answered after this long
@@ -47,8 +71,8 @@ class Policy:
             raise RolloutError(f"success ratio must be in (0, 1], got {self.success_ratio}")
         if not 0 <= self.max_failure_ratio < 1:
             raise RolloutError(f"max failure ratio must be in [0, 1), got {self.max_failure_ratio}")
-        if self.on_failure not in (PAUSED, ABORTED):
-            raise RolloutError(f"on_failure must be 'paused' or 'aborted', got {self.on_failure!r}")
+        if self.on_failure not in ON_FAILURE:
+            raise RolloutError(f"on_failure must be '{ON_FAILURE[0]}' or '{ON_FAILURE[1]}', got {self.on_failure!r}")
         if self.max_retries < 0 or self.backoff_s < 0 or self.rehint_s <= 0:
             raise RolloutError("max_retries and backoff_s must be >= 0, rehint_s > 0")
         return self
@@ -67,7 +91,7 @@ class DeviceFact:
 class DeviceRun:
     device_id: str
     phase: int
-    status: str = PENDING
+    status: str = Outcome.PENDING
     attempts: int = 0
     baseline_ts: float = 0.0          # the device's state_ts when last hinted: later reports answer it
     hinted_at: float = 0.0            # server clock
@@ -83,7 +107,7 @@ class Rollout:
     phases: tuple[int, ...]           # cumulative device counts, the last one is every device
     policy: Policy
     devices: tuple[DeviceRun, ...]
-    status: str = RUNNING
+    status: str = RolloutStatus.RUNNING
     phase: int = 0                    # the phase being rolled out
     reason: str = ""
     accepted_failures: int = 0        # failures the operator accepted by resuming past a tripped gate
@@ -93,15 +117,15 @@ class Rollout:
         return [d for d in self.devices if d.phase == phase]
 
     def quarantined(self) -> list[str]:
-        return [d.device_id for d in self.devices if d.status == ROLLED_BACK]
+        return [d.device_id for d in self.devices if d.status == Outcome.ROLLED_BACK]
 
     def to_json(self) -> dict:
         phases = []
         for number, size in enumerate(self.phases):
             members = self.in_phase(number)
-            counts = {s: sum(d.status == s for d in members) for s in (PENDING, OFFERED, *SETTLED)}
+            counts = {s: sum(d.status == s for d in members) for s in Outcome}
             phases.append({"phase": number, "cumulative_devices": size, "devices": len(members), **counts,
-                           "state": ("done" if number < self.phase or self.status == COMPLETED
+                           "state": ("done" if number < self.phase or self.status == RolloutStatus.COMPLETED
                                      else "active" if number == self.phase else "waiting")})
         return {"id": self.id, "release": self.release, "selection": dict(self.selection), "status": self.status,
                 "reason": self.reason, "phase": self.phase, "phases": phases,
@@ -112,8 +136,8 @@ class Rollout:
 
 @dataclass(frozen=True)
 class Decision:
-    """A decision on a rollout, for its log: created, advanced, paused, resumed, aborted, completed."""
-    action: str
+    """A decision on a rollout, for its log."""
+    action: Action
     reason: str
 
 
@@ -123,11 +147,12 @@ def decisions(before: Rollout, after: Rollout) -> list[Decision]:
     made = []
     for number in range(before.phase, after.phase):
         members = after.in_phase(number)
-        committed = sum(d.status == COMMITTED for d in members)
-        made.append(Decision("advanced", f"phase {number} passed its gate ({committed} of {len(members)} "
+        committed = sum(d.status == Outcome.COMMITTED for d in members)
+        made.append(Decision(Action.ADVANCED, f"phase {number} passed its gate ({committed} of {len(members)} "
                                          f"devices committed): phase {number + 1} starts"))
     if after.status != before.status:
-        made.append(Decision("resumed" if after.status == RUNNING else after.status, after.reason))
+        action = Action.RESUMED if after.status == RolloutStatus.RUNNING else Action(after.status)
+        made.append(Decision(action, after.reason))
     return made
 
 
@@ -163,39 +188,39 @@ def plan(rollout_id: int, release: str, selection: Mapping, device_ids: list[str
     return Rollout(rollout_id, release, selection, sizes, policy.checked(), tuple(runs))
 
 
-def classify(release: str, fact: DeviceFact | None, run: DeviceRun) -> tuple[str, str]:
-    """(outcome, reason) of an offered device: committed, rolled_back, retry, waiting or busy."""
+def classify(release: str, fact: DeviceFact | None, run: DeviceRun) -> tuple[Outcome | Verdict, str]:
+    """(outcome, reason) of an offered device: committed or rolled back, else a Verdict."""
     if fact is None:
-        return "waiting", "no report yet"
+        return Verdict.WAITING, "no report yet"
     report = fact.report or {}
     if fact.version == release and fact.state in SUCCESS_STATES and report.get("confirmed", True):
-        return COMMITTED, ""
+        return Outcome.COMMITTED, ""
     rollback = report.get("last_rollback") or {}
-    if rollback.get("version") == release and rollback.get("cause", "firmware") != "power":
-        return ROLLED_BACK, f"rolled back: {rollback.get('reason', 'trial failed')}"
-    if fact.state == "failed" and "quarantined" in str(report.get("reason", "")):
-        return ROLLED_BACK, str(report["reason"])
+    if rollback.get("version") == release and rollback.get("cause", RollbackCause.FIRMWARE) != RollbackCause.POWER:
+        return Outcome.ROLLED_BACK, f"rolled back: {rollback.get('reason', 'trial failed')}"
+    if fact.state == State.FAILED and "quarantined" in str(report.get("reason", "")):
+        return Outcome.ROLLED_BACK, str(report["reason"])
     if fact.state_ts <= run.baseline_ts:
-        return "waiting", "no answer to the hint yet"
+        return Verdict.WAITING, "no answer to the hint yet"
     if fact.state in FAILED_STATES:
-        return "retry", f"{fact.state}: {report.get('reason') or rollback.get('reason') or 'no reason given'}"
+        return Verdict.RETRY, f"{fact.state}: {report.get('reason') or rollback.get('reason') or 'no reason given'}"
     if fact.state in SUCCESS_STATES:
-        return "retry", f"{fact.state} on {fact.version}: the release was not installed"
-    return "busy", fact.state or ""
+        return Verdict.RETRY, f"{fact.state} on {fact.version}: the release was not installed"
+    return Verdict.BUSY, fact.state or ""
 
 
 def _offer(run: DeviceRun, fact: DeviceFact | None, now: float) -> DeviceRun:
-    return replace(run, status=OFFERED, attempts=run.attempts + 1, hinted_at=now, retry_at=0.0,
+    return replace(run, status=Outcome.OFFERED, attempts=run.attempts + 1, hinted_at=now, retry_at=0.0,
                    baseline_ts=fact.state_ts if fact else 0.0)
 
 
 def _advance_device(rollout: Rollout, run: DeviceRun, fact: DeviceFact | None, now: float,
                     hints: list[str]) -> DeviceRun:
     policy = rollout.policy
-    if run.status == PENDING:
+    if run.status == Outcome.PENDING:
         hints.append(run.device_id)
         return _offer(run, fact, now)
-    if run.status != OFFERED:
+    if run.status != Outcome.OFFERED:
         return run
     if run.retry_at:                                  # waiting out a backoff
         if now < run.retry_at:
@@ -203,13 +228,13 @@ def _advance_device(rollout: Rollout, run: DeviceRun, fact: DeviceFact | None, n
         hints.append(run.device_id)
         return _offer(run, fact, now)
     outcome, reason = classify(rollout.release, fact, run)
-    if outcome in (COMMITTED, ROLLED_BACK):
+    if outcome in (Outcome.COMMITTED, Outcome.ROLLED_BACK):
         return replace(run, status=outcome, reason=reason)
-    if outcome == "retry":
+    if outcome == Verdict.RETRY:
         if run.attempts > policy.max_retries:
-            return replace(run, status=FAILED, reason=f"{reason} (after {run.attempts} attempts)")
+            return replace(run, status=Outcome.FAILED, reason=f"{reason} (after {run.attempts} attempts)")
         return replace(run, retry_at=now + policy.backoff_s * 2 ** (run.attempts - 1), reason=reason)
-    if outcome == "waiting" and now - run.hinted_at >= policy.rehint_s:
+    if outcome == Verdict.WAITING and now - run.hinted_at >= policy.rehint_s:
         hints.append(run.device_id)                  # a lost hint (broker restart, device offline)
         return replace(run, hinted_at=now)
     return replace(run, reason=reason) if reason != run.reason else run
@@ -217,27 +242,27 @@ def _advance_device(rollout: Rollout, run: DeviceRun, fact: DeviceFact | None, n
 
 def step(rollout: Rollout, facts: Mapping[str, DeviceFact], now: float) -> tuple[Rollout, list[str]]:
     """The next state of a running rollout and the devices to hint now."""
-    if rollout.status != RUNNING:
+    if rollout.status != RolloutStatus.RUNNING:
         return rollout, []
     hints: list[str] = []
     runs = tuple(_advance_device(rollout, run, facts.get(run.device_id), now, hints)
                  if run.phase <= rollout.phase else run for run in rollout.devices)
     current = replace(rollout, devices=runs)
     offered = [d for d in runs if d.phase <= current.phase]
-    failures = [d for d in offered if d.status in (ROLLED_BACK, FAILED)]
+    failures = [d for d in offered if d.status in FAILURES]
     if len(failures) > current.accepted_failures and \
             (len(failures) - current.accepted_failures) / len(offered) > current.policy.max_failure_ratio:
         names = ", ".join(f"{d.device_id} ({d.reason})" for d in failures)
         return replace(current, status=current.policy.on_failure,
                        reason=f"failure gate: {len(failures)} of {len(offered)} devices failed: {names}"), hints
     members = current.in_phase(current.phase)
-    committed = sum(d.status == COMMITTED for d in members)
+    committed = sum(d.status == Outcome.COMMITTED for d in members)
     # failures within the gate (or accepted by the operator) do not hold a phase back
-    counted = sum(d.status not in (ROLLED_BACK, FAILED) for d in members)
+    counted = sum(d.status not in FAILURES for d in members)
     if committed >= math.ceil(current.policy.success_ratio * counted):
         if current.phase + 1 >= len(current.phases):
             if all(d.status in SETTLED for d in runs):
-                return replace(current, status=COMPLETED, reason="every phase passed its gate"), hints
+                return replace(current, status=RolloutStatus.COMPLETED, reason="every phase passed its gate"), hints
             return current, hints
         advanced, more = step(replace(current, phase=current.phase + 1), facts, now)
         return advanced, hints + more
@@ -245,29 +270,32 @@ def step(rollout: Rollout, facts: Mapping[str, DeviceFact], now: float) -> tuple
 
 
 def pause(rollout: Rollout) -> Rollout:
-    if rollout.status != RUNNING:
-        raise RolloutError(f"rollout {rollout.id} is {rollout.status}: only a running rollout can be paused")
-    return replace(rollout, status=PAUSED, reason="paused by the operator")
+    if rollout.status != RolloutStatus.RUNNING:
+        raise RolloutConflict(f"rollout {rollout.id} is {rollout.status}: only a running rollout can be paused")
+    return replace(rollout, status=RolloutStatus.PAUSED, reason="paused by the operator")
 
 
 def resume(rollout: Rollout) -> Rollout:
     """Resuming past a tripped gate accepts the failures so far (or it would trip again at once);
     new failures still count. Failed devices stay failed, rolled-back ones quarantined."""
-    if rollout.status != PAUSED:
-        raise RolloutError(f"rollout {rollout.id} is {rollout.status}: only a paused rollout can be resumed")
-    failures = sum(d.status in (ROLLED_BACK, FAILED) for d in rollout.devices)
-    return replace(rollout, status=RUNNING, reason="resumed by the operator", accepted_failures=failures)
+    if rollout.status != RolloutStatus.PAUSED:
+        raise RolloutConflict(f"rollout {rollout.id} is {rollout.status}: only a paused rollout can be resumed")
+    failures = sum(d.status in FAILURES for d in rollout.devices)
+    return replace(rollout, status=RolloutStatus.RUNNING, reason="resumed by the operator", accepted_failures=failures)
 
 
 def abort(rollout: Rollout) -> Rollout:
-    if rollout.status not in ACTIVE:
-        raise RolloutError(f"rollout {rollout.id} is already {rollout.status}")
-    return replace(rollout, status=ABORTED, reason="aborted by the operator")
+    if rollout.status not in ACTIVE_ROLLOUTS:
+        raise RolloutConflict(f"rollout {rollout.id} is already {rollout.status}")
+    return replace(rollout, status=RolloutStatus.ABORTED, reason="aborted by the operator")
 
 
 def assignments_to_clear(rollout: Rollout) -> list[str]:
-    """After an abort: devices that have not committed the release stop being offered it."""
-    return [d.device_id for d in rollout.devices if d.status in (OFFERED, FAILED, ROLLED_BACK)]
+    """The assignments a save of this rollout removes: once it is aborted, the devices that have
+    not committed its release stop being offered it; while it goes on, none."""
+    if rollout.status != RolloutStatus.ABORTED:
+        return []
+    return [d.device_id for d in rollout.devices if d.status in (Outcome.OFFERED, *FAILURES)]
 
 
 def dumps(rollout: Rollout) -> str:
