@@ -1,14 +1,11 @@
 """The server as gunicorn runs it: one ASGI app, artifact downloads on the event loop and the
 Flask app in a pool of threads.
 
-Why not Flask straight under a threaded worker: downloads are the hot path, and under
-gunicorn's gthread worker each keep-alive request crossed two thread hand-offs (poller to
-pool and back) and the Python HTTP plumbing around them, about 800 us of CPU per 1 MiB
-download where nginx spends 300 (scripts/bench-server, 64 clients on 2 cores: 0.48x nginx's
-throughput). gunicorn's asyncio worker on uvloop answers a download on the loop itself
-(downloads.py) with no thread at all, however slow the link, and hands everything else to
-Flask unchanged through a2wsgi (the maintained WSGI-to-ASGI bridge: a thread pool, request
-bodies streamed in, responses streamed out).
+Downloads are the hot path, so gunicorn's asyncio worker on uvloop answers them on the loop
+itself (downloads.py): no thread and no hand-off between threads per request, however slow
+the link. Everything else goes to Flask unchanged through a2wsgi (the maintained
+WSGI-to-ASGI bridge: a thread pool, request bodies streamed in, responses streamed out).
+docs/server.md ("Why an ASGI worker for a Flask app") has the measurements behind the choice.
 
 Layers, outside in: RequestLog (logs.py: the JSON request line and request metrics),
 Downloads (downloads.py), StreamWatch (below), a2wsgi's WSGIMiddleware around Flask.

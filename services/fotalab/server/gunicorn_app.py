@@ -30,10 +30,9 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3        # glibc <malloc.h>
 def keep_block_memory(keep: int = 64 << 20, mmap_above: int = 4 << 20) -> None:
     """Let glibc's heap keep up to `keep` bytes of freed memory, and serve blocks up to
     `mmap_above` from it. Every download block (downloads.CHUNK) is a fresh 1 MiB bytes
-    object; with glibc's adaptive defaults the heap gave that memory back and faulted it in
-    again, 30 to 40 page faults per request under 64 clients (none with this), and
-    bench-server went from 0.64 to 0.77-0.80 of nginx's throughput in the same hour. Called
-    in the master, so every worker inherits it; a no-op on a C library without mallopt.
+    object; with glibc's adaptive defaults the heap gives that memory back and faults it in
+    again on every request (docs/server.md has the measured cost). Called in the master, so
+    every worker inherits it; a no-op on a C library without mallopt.
     """
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
     if mallopt is not None:

@@ -6,9 +6,8 @@ duration and body bytes; the same layer feeds the request metrics. Server and ap
 messages use the same JSON format (gunicorn's own access log is off).
 
 Request lines do not go through `logging`, whose handler takes a lock and writes once per
-line (40 % of a worker's Python time under 64 clients, profiled on the earlier threaded
-server): a request only formats its line and queues it, and one writer thread per worker
-writes whatever is queued in a single write.
+line (docs/server.md, "Request logs", has what that cost): a request only formats its line
+and queues it, and one writer thread per worker writes whatever is queued in a single write.
 """
 from __future__ import annotations
 
@@ -55,8 +54,7 @@ class JsonFormatter(logging.Formatter):
 class LineWriter:
     """Writes queued lines from one thread, in batches every `interval_s`; started in the
     process that first writes (a thread does not survive gunicorn's fork). Queuing a line is
-    a deque append: no lock and no wake-up per request (a queue that woke the writer for each
-    line cost a fifth of a busy worker's time)."""
+    a deque append: no lock and no wake-up per request."""
 
     def __init__(self, stream: TextIO | None = None, *, interval_s: float = 0.05) -> None:
         self._stream, self._interval_s = stream, interval_s         # None: sys.stdout when writing
