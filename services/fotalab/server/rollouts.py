@@ -149,7 +149,7 @@ def decisions(before: Rollout, after: Rollout) -> list[Decision]:
         members = after.in_phase(number)
         committed = sum(d.status == Outcome.COMMITTED for d in members)
         made.append(Decision(Action.ADVANCED, f"phase {number} passed its gate ({committed} of {len(members)} "
-                                         f"devices committed): phase {number + 1} starts"))
+                                              f"devices committed): phase {number + 1} starts"))
     if after.status != before.status:
         action = Action.RESUMED if after.status == RolloutStatus.RUNNING else Action(after.status)
         made.append(Decision(action, after.reason))
