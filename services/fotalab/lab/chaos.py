@@ -24,13 +24,16 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import requests
 
 from ..formats.image import parse_version
 from ..protocol import SUCCESS_STATES, Command, Event, State
+from . import swarmlab
 from .composelab import ComposeLab
 from .fleetwatch import FleetWatcher
 from .provision import SERVER
@@ -67,7 +70,7 @@ def p99(values: list[float]) -> float:
 
 
 class Campaign:
-    def __init__(self, lab: ComposeLab, watcher: FleetWatcher, *, server_url: str, target: str, kills: int,
+    def __init__(self, lab: Lab, watcher: FleetWatcher, *, server_url: str, target: str, kills: int,
                  seed: int, off_s: tuple[float, float], gap_s: tuple[float, float], reset_waves: bool,
                  infra_share: float = 0.0) -> None:
         self.lab, self.watcher, self.server_url, self.target, self.quota = lab, watcher, server_url, target, kills
@@ -79,6 +82,7 @@ class Campaign:
         self.highest_committed: dict[str, str] = {}
         self.reset_at: dict[str, float] = {}
         self.resets = 0
+        self.notes: list[str] = []     # what happened beside the kills (node kills), for the report
         self._lock = threading.Lock()
 
     # -- observing
@@ -114,7 +118,10 @@ class Campaign:
         phase = PHASES.get(self.state(device).get("state", ""), "idle") if device in self.devices else device
         off = self.rng.uniform(*self.off_s)
         kill = Kill(device, phase, time.time(), round(off, 2))
-        self.lab.kill(device)
+        try:
+            self.lab.kill(device)
+        except (LookupError, RuntimeError, subprocess.CalledProcessError):
+            return     # not running this moment (a Swarm task between two containers, its node off)
         with self._lock:
             self.kills.append(kill)
             self.off.add(device)
@@ -134,14 +141,18 @@ class Campaign:
         self.resets += 1
         threading.Timer(4.0, self.hint, args=([device],)).start()
 
-    def run(self, settle_timeout: float) -> list[Verdict]:
+    def run(self, settle_timeout: float, beside: threading.Thread | None = None) -> list[Verdict]:
+        """The kills; then, once `beside` (if any) is done too, the settling and the verdict."""
         self.hint_all()
         next_hint = time.monotonic() + 10
-        while len(self.kills) < self.quota:
+        while len(self.kills) < self.quota or (beside and beside.is_alive()):
             time.sleep(self.rng.uniform(*self.gap_s))
-            with self._lock:
-                candidates = [d for d in self.devices if d not in self.off]
-            infra = [s for s in ("server", "mosquitto") if s not in self.off]
+            if len(self.kills) >= self.quota:     # our kills are done; what runs beside is not
+                candidates, infra = [], []
+            else:
+                with self._lock:
+                    candidates = [d for d in self.devices if d not in self.off]
+                infra = [s for s in ("server", "mosquitto") if s not in self.off]
             if infra and self.rng.random() < self.infra_share:
                 self.power_cycle(self.rng.choice(infra))
             elif candidates:
@@ -229,17 +240,43 @@ class Campaign:
         return problems
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="chaos", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+class Lab(Protocol):
+    """What a campaign needs from a lab: ComposeLab (compose labels) or SwarmLab (Swarm's labels)."""
+    def device_containers(self) -> list[str]: ...
+    def kill(self, name: str) -> None: ...
+    def start(self, name: str) -> None: ...
+    def reset_flash(self, name: str) -> None: ...
+    def read_file(self, name: str, path: str) -> str: ...
+    def inspect_device(self, name: str) -> dict: ...
+
+
+@dataclass
+class Outcome:
+    """A finished campaign: what the summary lines say, and the exit status."""
+    campaign: Campaign
+    verdicts: list[Verdict]
+    bricked: int
+    converged: int
+    unrecovered: list[Kill]
+
+    @property
+    def ok(self) -> bool:
+        return self.bricked == 0 and self.converged == len(self.verdicts) and not self.unrecovered
+
+
+def parser(prog: str = "chaos", doc: str | None = __doc__) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     env = os.environ     # the variables `docker compose` itself reads, so the defaults find the same lab
     parser.add_argument("--project", default=env.get("COMPOSE_PROJECT_NAME") or "fotalab",
                         help="compose project of the running lab (default: $COMPOSE_PROJECT_NAME, else fotalab)")
+    parser.add_argument("--stack", default=env.get("FOTA_STACK") or None,
+                        help="the lab deployed as a Swarm stack of this name (scripts/stack; default: "
+                             "$FOTA_STACK; without it: the compose project, else the one stack running here)")
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--target", default="2.0.0", help="the release the fleet must end on")
     parser.add_argument("--off", type=float, nargs=2, default=(0.5, 3.0), metavar=("MIN", "MAX"),
-                        help="seconds a killed device stays off")
+                        help="seconds a killed device stays off (a Swarm stack: Swarm restarts it itself)")
     parser.add_argument("--gap", type=float, nargs=2, default=(0.2, 1.5), metavar=("MIN", "MAX"),
                         help="seconds between two kills")
     parser.add_argument("--infra", type=float, default=0.0, metavar="SHARE",
@@ -248,41 +285,64 @@ def main(argv: list[str] | None = None) -> int:
                         help="a converged device picked for a kill is reset to its factory flash instead and "
                              "updated again, so a long campaign keeps hitting every phase")
     parser.add_argument("--settle", type=float, default=180, help="seconds the fleet may take to settle")
-    parser.add_argument("--mqtt-port", type=int, default=int(env.get("MQTT_PORT") or 1883),
-                        help="the broker's port on this machine (default: $MQTT_PORT, else 1883)")
-    parser.add_argument("--server-url", default=f"http://127.0.0.1:{env.get('SERVER_PORT') or 8000}",
-                        help="the update server (default: port $SERVER_PORT, else 8000, on this machine)")
+    parser.add_argument("--mqtt-port", type=int, default=None,
+                        help="the broker's port on this machine (default: $MQTT_PORT, else 1883; "
+                             "a stack: $STACK_MQTT_PORT, else 11883)")
+    parser.add_argument("--server-url", default=None,
+                        help="the update server (default: port $SERVER_PORT, else 8000, on this machine; "
+                             "a stack: $STACK_SERVER_PORT, else 18800)")
     parser.add_argument("--report", type=Path, default=Path("chaos-report.json"))
-    args = parser.parse_args(argv)
-    lab = ComposeLab(args.project, Path.cwd())
-    devices = lab.device_containers()
-    if not devices:
-        print(f"chaos: no device containers in compose project {args.project!r}: start the lab first "
-              "(docker compose up -d --wait)", file=sys.stderr)
-        return 2
+    return parser
+
+
+def pick_lab(args: argparse.Namespace) -> tuple[Lab, str, str, int]:
+    """The lab to campaign against, its server URL and its broker (host, port)."""
+    env = os.environ
+    stack = args.stack
+    if not stack:
+        lab = ComposeLab(args.project, Path.cwd())
+        running = swarmlab.stacks() if not lab.device_containers() else []
+        if len(running) == 1 and not os.environ.get("COMPOSE_PROJECT_NAME"):
+            stack = running[0]
+        else:
+            port = int(env.get("MQTT_PORT") or 1883) if args.mqtt_port is None else args.mqtt_port
+            url = args.server_url or f"http://127.0.0.1:{env.get('SERVER_PORT') or 8000}"
+            return lab, url, "127.0.0.1", port
+    swarm = swarmlab.SwarmLab(stack)
+    port = int(env.get("STACK_MQTT_PORT") or 11883) if args.mqtt_port is None else args.mqtt_port
+    url = args.server_url or f"http://{swarm.endpoint('server', int(env.get('STACK_SERVER_PORT') or 18800))}"
+    return swarm, url, swarm.endpoint("mosquitto", port).rsplit(":", 1)[0], port
+
+
+def execute(lab: Lab, args: argparse.Namespace, server_url: str, mqtt_host: str, mqtt_port: int,
+            during: Callable[[Campaign], None] | None = None) -> Outcome:
+    """Run the campaign (`during` runs beside it, e.g. node kills), write the report, print the table."""
     try:
         password = lab.read_file("server", f"/credentials/{SERVER}.password")
-    except subprocess.CalledProcessError:
+    except (subprocess.CalledProcessError, LookupError):
         password = ""
     started = time.time()
-    with FleetWatcher("127.0.0.1", args.mqtt_port, username=SERVER, password=password) as watcher:
+    with FleetWatcher(mqtt_host, mqtt_port, username=SERVER, password=password) as watcher:
         time.sleep(1.0)     # retained states arrive
-        campaign = Campaign(lab, watcher, server_url=args.server_url, target=args.target, kills=args.kills,
+        campaign = Campaign(lab, watcher, server_url=server_url, target=args.target, kills=args.kills,
                             seed=args.seed, off_s=tuple(args.off), gap_s=tuple(args.gap), reset_waves=args.reset_waves,
                             infra_share=args.infra)
-        verdicts = campaign.run(args.settle)
+        beside = threading.Thread(target=during, args=(campaign,), daemon=True) if during else None
+        if beside:
+            beside.start()
+        verdicts = campaign.run(args.settle, beside)
     device_kills = [k for k in campaign.kills if k.device in campaign.devices]
     recoveries = [k.recovery_s for k in device_kills if k.recovery_s is not None]
-    unrecovered = [k for k in device_kills if k.recovery_s is None and not k.interrupted]
-    bricked = sum(v.bricked for v in verdicts)
-    converged = sum(v.converged and not v.problems for v in verdicts)
+    outcome = Outcome(campaign, verdicts, bricked=sum(v.bricked for v in verdicts),
+                      converged=sum(v.converged and not v.problems for v in verdicts),
+                      unrecovered=[k for k in device_kills if k.recovery_s is None and not k.interrupted])
     phases: dict[str, int] = {}
     for kill in campaign.kills:
         phases[kill.phase] = phases.get(kill.phase, 0) + 1
     args.report.write_text(json.dumps({
         "seed": args.seed, "target": args.target, "duration_s": round(time.time() - started, 1),
         "resets": campaign.resets, "kills_by_phase": phases,
-        "kills": [asdict(k) for k in campaign.kills],
+        "kills": [asdict(k) for k in campaign.kills], "notes": campaign.notes,
         "devices": [{**asdict(v), "flash": {k: v.flash.get(k) for k in ("running", "boot", "journal")}}
                     for v in verdicts]}, indent=1))
     print(f"{'device':<12}{'kills':>6}  {'version':<9}{'verdict'}")
@@ -291,11 +351,24 @@ def main(argv: list[str] | None = None) -> int:
         version = (verdict.flash.get("running") or {}).get("version", "?")
         print(f"{verdict.device:<12}{count:>6}  {version:<9}{'; '.join(verdict.problems) or 'ok'}")
     print(f"kills by phase: {phases}; resets to factory: {campaign.resets}; cut again before booting: "
-          f"{sum(k.interrupted for k in device_kills)}; never recovered: {len(unrecovered)}; "
-          f"report: {args.report}")
-    print(f"chaos: {len(campaign.kills)} kills on {len(devices)} devices: {bricked} bricked, "
-          f"{converged}/{len(devices)} converged, recovery p99 {p99(recoveries):.1f} s")
-    return 0 if bricked == 0 and converged == len(devices) and not unrecovered else 1
+          f"{sum(k.interrupted for k in device_kills)}; never recovered: {len(outcome.unrecovered)}; "
+          f"recovery p99 {p99(recoveries):.1f} s; report: {args.report}")
+    return outcome
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    lab, server_url, mqtt_host, mqtt_port = pick_lab(args)
+    devices = lab.device_containers()
+    if not devices:
+        print(f"chaos: no device containers in compose project {args.project!r} nor in a Swarm stack: start "
+              "the lab first (scripts/lab up, or scripts/stack up)", file=sys.stderr)
+        return 2
+    outcome = execute(lab, args, server_url, mqtt_host, mqtt_port)
+    recoveries = [k.recovery_s for k in outcome.campaign.kills if k.recovery_s is not None]
+    print(f"chaos: {len(outcome.campaign.kills)} kills on {len(devices)} devices: {outcome.bricked} bricked, "
+          f"{outcome.converged}/{len(devices)} converged, recovery p99 {p99(recoveries):.1f} s")
+    return 0 if outcome.ok else 1
 
 
 if __name__ == "__main__":
