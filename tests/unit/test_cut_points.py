@@ -27,7 +27,7 @@ from fotalab.device.main import inspect
 from fotalab.formats.delta import best_delta
 from fotalab.formats.image import Behaviour
 from fotalab.formats.manifest import DeltaRef
-from fotalab.lab.crashsweep import SCENARIOS, Scenario
+from fotalab.lab.crashsweep import SCENARIOS, Scenario, broken_invariants, finished
 from samples import edit, make_image, make_payload
 
 SCENARIO = {scenario.name: scenario for scenario in SCENARIOS}
@@ -72,34 +72,6 @@ def servers(release, release_key) -> dict[str, FakeServer]:
 def flash_view(flash_dir: Path) -> dict:
     """The flash as the device's bootloader would see it at the next power-on (read-only)."""
     return inspect(DeviceConfig(device_id="dev-1", flash_dir=flash_dir))
-
-
-def finished(view: dict, scenario: Scenario) -> bool:
-    boot = view["boot"] or {}
-    done = (view["running"] or {}).get("version") == scenario.final_version and boot.get("confirmed") \
-        and view["journal"] is None
-    return bool(done and (not scenario.rolled_back or (boot.get("rollback") or {}).get("version") == scenario.release))
-
-
-def broken_invariants(view: dict, scenario: Scenario, *, at_end: bool) -> list[str]:
-    """What crash-sweep checks after a cut and at the end; empty if all hold."""
-    if view["boot"] is None:
-        return ["no boot record parses"]
-    if not view["bootable"]:
-        return [f"bricked: {view['next_boot']}"]
-    boot = view["boot"]
-    committed_counter = view["slots"][boot["active"] if boot["confirmed"] else boot["previous"]]["security_counter"]
-    broken = []
-    if committed_counter is None or boot["security_counter"] > committed_counter:
-        broken.append(f"security counter {boot['security_counter']} exceeds the committed image's {committed_counter}")
-    if at_end and not finished(view, scenario):
-        broken.append(f"runs {view['running']['version']} (confirmed: {boot['confirmed']}, last rollback: "
-                      f"{boot['rollback']}) with journal {view['journal']}, expected {scenario.final_version}"
-                      + (f" after rolling back {scenario.release}" if scenario.rolled_back else "")
-                      + " and no update pending")
-    if at_end and boot["security_counter"] != committed_counter:
-        broken.append(f"security counter {boot['security_counter']} is not the committed image's {committed_counter}")
-    return broken
 
 
 class Sweep:

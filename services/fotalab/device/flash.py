@@ -6,7 +6,8 @@ anything depends on it. Every such step is one numbered *operation*, so tests ca
 at any of them (MCUboot's simulator method):
 
     stop@N   the process dies just before operation N (like SIGKILL: the OS keeps what it got)
-    tear@N   operation N, if it is a write, persists only the first half, then the process dies
+    tear@N   operation N, if it is a write, persists only the first half of its data (trailing
+             zero padding does not count: a torn record must lose record bytes), then dies
     lose@N   write-back mode, then the process dies before operation N: every write not yet
              fsynced was held in this process and is lost, as after a real power cut
 
@@ -39,6 +40,11 @@ class FaultPlan:
         if mode not in FAULT_MODES or not at.isdigit() or int(at) < 1:
             raise ValueError(f"flash fault {text!r} is not MODE@N with MODE in {FAULT_MODES} and N >= 1")
         return cls(mode, int(at))
+
+
+def torn(data: bytes) -> bytes:
+    """What a write cut halfway leaves: the first half of its data, padding not counted."""
+    return data[: len(data.rstrip(b"\0")) // 2]
 
 
 def power_off_process(supervisor_pid: int | None = None) -> None:
@@ -127,7 +133,7 @@ class Flash:
         number = self.oplog.record(kind, name)
         if self.fault is not None and number == self.fault.at:
             if self.fault.mode == "tear" and kind == "write" and data:
-                apply(data[: len(data) // 2])
+                apply(torn(data))
             self._power_off()
         apply(data)
 
@@ -180,7 +186,10 @@ class Flash:
 
         Callers keep redundant copies with checksums (see bootctl) rather than rely on rename.
         """
+        created = not self.path(name).exists()
         fd = os.open(self.path(name), os.O_WRONLY | os.O_CREAT, 0o644)
+        if created:
+            self._sync_dir(name)
         handle = FlashFile(self, name, fd, 0)
         self._open[name] = handle
         with handle:

@@ -51,6 +51,35 @@ class Outcome:
     cut: bool = False          # False if the run never reached the armed operation
 
 
+def finished(view: dict, scenario: Scenario) -> bool:
+    """The device's flash (as `fota-device inspect` shows it) is where the scenario must end."""
+    boot = view["boot"] or {}
+    done = (view["running"] or {}).get("version") == scenario.final_version and boot.get("confirmed") \
+        and view["journal"] is None
+    return bool(done and (not scenario.rolled_back or (boot.get("rollback") or {}).get("version") == scenario.release))
+
+
+def broken_invariants(view: dict, scenario: Scenario, *, at_end: bool) -> list[str]:
+    """What must hold after a cut and at the end of a run; empty if all hold."""
+    if view["boot"] is None:
+        return ["no boot record parses"]
+    if not view["bootable"]:
+        return [f"bricked: {view['next_boot']}"]
+    boot = view["boot"]
+    committed_counter = view["slots"][boot["active"] if boot["confirmed"] else boot["previous"]]["security_counter"]
+    broken = []
+    if committed_counter is None or boot["security_counter"] > committed_counter:
+        broken.append(f"security counter {boot['security_counter']} exceeds the committed image's {committed_counter}")
+    if at_end and not finished(view, scenario):
+        broken.append(f"runs {view['running']['version']} (confirmed: {boot['confirmed']}, last rollback: "
+                      f"{boot['rollback']}) with journal {view['journal']}, expected {scenario.final_version}"
+                      + (f" after rolling back {scenario.release}" if scenario.rolled_back else "")
+                      + " and no update pending")
+    if at_end and boot["security_counter"] != committed_counter:
+        broken.append(f"security counter {boot['security_counter']} is not the committed image's {committed_counter}")
+    return broken
+
+
 class Sweep:
     def __init__(self, workdir: Path, *, timeout_s: float) -> None:
         self.workdir, self.timeout_s = workdir, timeout_s
@@ -94,14 +123,6 @@ class Sweep:
     def _flash(device: Device) -> dict:
         return inspect(DeviceConfig(device_id=device.device_id, flash_dir=device.flash_dir))
 
-    def _finished(self, flash: dict, scenario: Scenario) -> bool:
-        boot = flash["boot"] or {}
-        done = (flash["running"] or {}).get("version") == scenario.final_version and boot.get("confirmed") \
-            and flash["journal"] is None
-        if scenario.rolled_back:
-            done = done and (boot.get("rollback") or {}).get("version") == scenario.release
-        return bool(done)
-
     def _drive(self, device: Device, scenario: Scenario, until_dead: bool) -> dict | None:
         """Send update hints until the update finishes (or, with a fault armed, the power dies)."""
         deadline = time.monotonic() + self.timeout_s
@@ -110,7 +131,7 @@ class Sweep:
             if until_dead and device.process.poll() is not None:
                 return None
             flash = self._flash(device)
-            if self._finished(flash, scenario):
+            if finished(flash, scenario):
                 return flash
             if time.monotonic() >= next_hint:
                 self.commands.command([device.device_id], {"cmd": Command.UPDATE})
@@ -160,21 +181,9 @@ class Sweep:
     @staticmethod
     def _check(flash: dict, scenario: Scenario, outcome: Outcome, *, after_cut: bool) -> None:
         when = "after the cut" if after_cut else "at the end"
-        if flash["boot"] is None:
-            outcome.problems.append(f"{when}: no boot record parses")
-        if not flash["bootable"]:
-            outcome.bricked = True
-            outcome.problems.append(f"{when}: bricked: {flash['next_boot']}")
-            return
-        boot = flash["boot"]
-        confirmed_slot = boot["active"] if boot["confirmed"] else boot["previous"]
-        committed = flash["slots"][confirmed_slot]["security_counter"]
-        if committed is None or boot["security_counter"] > committed:
-            outcome.problems.append(f"{when}: security counter {boot['security_counter']} exceeds the committed "
-                                    f"image's {committed}")
-        if not after_cut and (flash["running"]["version"] != scenario.final_version or flash["journal"]):
-            outcome.problems.append(f"{when}: runs {flash['running']['version']} with journal {flash['journal']}, "
-                                    f"expected {scenario.final_version} and no update pending")
+        outcome.bricked = outcome.bricked or not flash["bootable"]
+        problems = broken_invariants(flash, scenario, at_end=not after_cut)
+        outcome.problems += [f"{when}: {problem}" for problem in problems]
 
 
 def main(argv: list[str] | None = None) -> int:
