@@ -43,7 +43,8 @@ def test_downloads_are_exact_counted_and_logged(store, tmp_path):
         url = f"{server.url}/artifacts/{sha}"
         cuts = [0, 4096, 100_000, len(data)]
         with requests.Session() as session:
-            parts = [session.get(url, headers={"Range": f"bytes={a}-{b - 1}"}, timeout=5) for a, b in zip(cuts, cuts[1:])]
+            parts = [session.get(url, headers={"Range": f"bytes={a}-{b - 1}"}, timeout=5)
+                     for a, b in zip(cuts, cuts[1:])]
             whole = [session.get(url, timeout=5) for _ in range(6)]
         assert all(p.status_code == 206 for p in parts) and b"".join(p.content for p in parts) == data
         assert all(w.status_code == 200 and w.content == data for w in whole)
@@ -126,7 +127,8 @@ def test_a_download_stops_when_its_client_hangs_up(tmp_path):
 
 def test_a_closed_dashboard_gives_its_stream_place_back_at_once(store, tmp_path):
     server = locallab.Server(store.root, tmp_path / "server.log", workers=1,
-                             env={"FOTA_API_TOKEN": "t", "FOTA_SERVER_THREADS": "4", "FOTA_SERVER_STREAMS": "1"}).start()
+                             env={"FOTA_API_TOKEN": "t", "FOTA_SERVER_THREADS": "4",
+                                  "FOTA_SERVER_STREAMS": "1"}).start()
     url = f"{server.url}/api/v1/stream"
     try:
         first = requests.get(url, stream=True, timeout=10)

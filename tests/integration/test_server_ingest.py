@@ -95,8 +95,9 @@ def test_assignment_made_over_the_api_reaches_the_manifest(ingesting_server, pub
     locallab.wait_until(lambda: requests.get(f"{server.url}/api/v1/devices/{device}", timeout=5).ok, 20, "device")
     url = f"{server.url}/api/v1/devices/{device}/assignment"
     assert requests.put(url, json={"version": "2.1.0"}, timeout=5).status_code == 401
-    assert requests.put(url, json={"version": "2.1.0"}, headers={"Authorization": f"Bearer {server.env['FOTA_API_TOKEN']}"},
-                        timeout=5).json() == {"version": "2.1.0", "source": "device"}
+    operator = {"Authorization": f"Bearer {server.env['FOTA_API_TOKEN']}"}
+    assert requests.put(url, json={"version": "2.1.0"}, headers=operator, timeout=5).json() == \
+        {"version": "2.1.0", "source": "device"}
     offer = requests.get(f"{server.url}/api/v1/manifest", timeout=5, params={
         "device": device, "hardware": "fotalab-m4", "version": "1.0.0", "image": factory}).json()
     assert (offer["update"], offer["version"], offer["artifact_kind"]) == (True, "2.1.0", "delta")

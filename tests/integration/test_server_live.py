@@ -41,7 +41,7 @@ def test_stream_shows_a_state_ingested_from_the_broker(live_server, publisher):
         publisher.send("live-1", "state", {"ts": time.time(), "state": "downloading", "version": "1.0.0",
                                            "slot": "a", "progress": 0.25})
         deadline = time.monotonic() + 10
-        for event, data in messages:
+        for _event, data in messages:
             seen = {d["device_id"]: d for d in data.get("devices", [])}
             if "live-1" in seen:
                 assert (seen["live-1"]["state"], seen["live-1"]["progress"]) == ("downloading", 0.25)

@@ -15,7 +15,7 @@ from .auth import load_or_create_token
 from .config import ServerConfig
 from .registry import Registry
 
-METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"     # metrics.MULTIPROC_ENV; that module must not be imported before it is set
+METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"     # prometheus_client reads it when server.metrics is imported
 
 
 def prepare(config: ServerConfig) -> ServerConfig:

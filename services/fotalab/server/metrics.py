@@ -14,7 +14,6 @@ Device counts are not stored here: a collector reads them from the registry at s
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable, Iterator
 
 from prometheus_client import (
@@ -25,11 +24,11 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    values,
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 REQUESTS = Counter("fotalab_http_requests_total", "HTTP requests answered, by route, method and status",
@@ -93,10 +92,9 @@ class DeviceCollector:
 
 def render(device_counts: Callable[[], tuple[dict[str, int], int]]) -> bytes:
     """The exposition text: every worker's metrics plus the device gauges."""
-    directory = os.environ.get(MULTIPROC_ENV)
-    if directory:
+    if values.ValueClass is not values.MutexValue:    # multiprocess mode: main.py set the directory
         registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=directory)
+        MultiProcessCollector(registry)                  # reads the directory prometheus_client was given
         registry.register(DeviceCollector(device_counts))
         return generate_latest(registry)
     registry = CollectorRegistry()
