@@ -26,6 +26,7 @@ from ..formats.rotation import CHAIN_NAME
 from ..formats.signing import Signer
 from .fwgen import firmware_versions
 from .releases import ReleasePlan, ReleaseSpec
+from .swu import PUBLISHED_CERT, SwuSigner, add_swu_releases
 
 INDEX = "index.json"
 INDEX_FORMAT = 1
@@ -96,9 +97,11 @@ def payloads_for(plan: ReleasePlan, hardware: str, firmware_dir: Path) -> dict[s
 
 
 def build_releases(plan: ReleasePlan, signer: Signer, firmware_dir: Path, out: Path,
-                   now: datetime | None = None, rotations: list[bytes] = ()) -> BuildReport:
+                   now: datetime | None = None, rotations: list[bytes] = (),
+                   swu_signer: SwuSigner | None = None) -> BuildReport:
     """Build every release; `rotations` (oldest first) are published as key-rotations.json so
-    devices provisioned with an earlier key can follow the chain to the current one."""
+    devices provisioned with an earlier key can follow the chain to the current one. With a
+    `swu_signer`, hardware of format "swupdate" also gets .swu files (signer/swu.py)."""
     now = now or datetime.now(UTC)
     store = ReleaseStore(out)
     previous = store.previous_index()
@@ -129,7 +132,9 @@ def build_releases(plan: ReleasePlan, signer: Signer, firmware_dir: Path, out: P
             image_sha = store.put(image, "image", names, hardware=hardware, version=release.version)
 
             deltas = []
-            for base, base_image, base_sha in built[-plan.max_deltas:]:
+            # SWUpdate devices take rdiff delta .swu files (swu.py), not the lab's own deltas
+            lab_bases = built[-plan.max_deltas:] if plan.hardware[hardware].format == "lab" else []
+            for base, base_image, base_sha in lab_bases:
                 cached = old_deltas.get((base_sha, image_sha))
                 data = store.existing(cached["sha256"]) if cached else None
                 encoding = cached["encoding"] if data else None
@@ -159,6 +164,13 @@ def build_releases(plan: ReleasePlan, signer: Signer, firmware_dir: Path, out: P
                 "deltas": [{"base_version": d.base_version, "base_sha256": d.base_sha256, "sha256": d.sha256,
                             "encoding": d.encoding, "length": d.length} for d in deltas]})
             built.append((release, image, image_sha))
+        if swu_signer is not None and plan.hardware[hardware].format == "swupdate":
+            swu = add_swu_releases(store, hardware, built, swu_signer,
+                                   {v: r for (h, v), r in old_releases.items() if h == hardware},
+                                   max_deltas=plan.max_deltas, report=report)
+            for entry in index_releases:
+                if entry["hardware"] == hardware:
+                    entry.update(swu[entry["version"]])
         if built:
             factory[hardware] = built[0][2]
             write_atomic(out / "factory" / f"{hardware}.img", built[0][1])
@@ -167,6 +179,9 @@ def build_releases(plan: ReleasePlan, signer: Signer, firmware_dir: Path, out: P
         store.put(json.dumps([json.loads(r) for r in rotations], indent=1).encode(), "rotation", [CHAIN_NAME])
     write_atomic(out / "factory" / "trust.pem", signer.public_pem)
     write_atomic(out / "keys" / "trust.pem", signer.public_pem)
+    if swu_signer is not None:
+        write_atomic(out / "factory" / PUBLISHED_CERT, swu_signer.cert_pem)
+        write_atomic(out / "keys" / PUBLISHED_CERT, swu_signer.cert_pem)
     store.prune()
     index = {"format": INDEX_FORMAT, "key_id": signer.key_id, "artifacts": store.artifacts,
              "releases": index_releases, "factory": factory}

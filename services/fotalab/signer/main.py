@@ -17,6 +17,7 @@ from ..formats.signing import ALGORITHMS
 from .build import build_releases
 from .keys import ensure_keys, rotate_keys, rotation_chain
 from .releases import ReleaseListError, load_plan
+from .swu import ensure_swu_signer
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     signer, created = ensure_keys(config.keys_dir, config.key_algorithm)
     print(f"fota-signer: {'created' if created else 'using'} release key {signer.key_id} in {config.keys_dir}")
+    swu_signer = None
+    if any(spec.format == "swupdate" for spec in plan.hardware.values()):
+        swu_signer, swu_created = ensure_swu_signer(config.keys_dir)
+        print(f"fota-signer: {'created' if swu_created else 'using'} the SWUpdate signing certificate in "
+              f"{config.keys_dir}")
     report = build_releases(plan, signer, config.firmware_dir, config.releases_dir,
-                            rotations=rotation_chain(config.keys_dir))
+                            rotations=rotation_chain(config.keys_dir), swu_signer=swu_signer)
     for line in report.built:
         print(f"  built  {line}")
     print(f"fota-signer: {len(report.built)} built, {len(report.reused)} reused, "

@@ -14,6 +14,7 @@ class HardwareSpec:
     arch: str = "thumb"
     size: int = 256 * 1024
     seed: int = 1
+    format: str = "lab"          # "swupdate": the signer also builds .swu files for SWUpdate devices
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,9 @@ class ReleasePlan:
         return sorted((r for r in self.releases if r.hardware == hardware), key=lambda r: parse_version(r.version))
 
 
+FORMATS = ("lab", "swupdate")
+
+
 class ReleaseListError(ValueError):
     pass
 
@@ -48,6 +52,10 @@ def load_plan(path: Path) -> ReleasePlan:
             ReleaseSpec(r["hardware"], r["version"], int(r["security_counter"]),
                         Behaviour.from_label(r.get("behaviour", "good")), int(r.get("behaviour_arg", 0)))
             for r in raw.get("release", []))
+        for spec in hardware.values():
+            if spec.format not in FORMATS:
+                raise ReleaseListError(f"hardware {spec.id!r} has format {spec.format!r}; "
+                                       f"use one of {', '.join(FORMATS)}")
         for release in releases:
             parse_version(release.version)
             if release.hardware not in hardware:
