@@ -20,9 +20,14 @@ from fotalab.formats.delta import (
     DeltaError,
     apply_delta,
     apply_delta_to,
+    archdetect,
     best_delta,
+    bytewise,
     candidates,
+    container,
     encode,
+    encoder_streams,
+    relocate_thumb,
 )
 from fotalab.signer.fwgen import firmware_versions
 
@@ -92,8 +97,8 @@ def test_relocating_encoding_beats_plain_bsdiff4(kind, name):
 def test_xtensa_encoding_on_a_slice_of_the_esp8266_pair():
     old, new = real_pair("esp8266_micropython_v1.9.4_to_v1.10")
     old, new = old[0x30000:0x40000], new[0x30000:0x40000]  # 64 KiB of irom0 code
-    assert D._arch_score("xtensa", old) > 0.2
-    assert D._guess_base("xtensa", old) == 0x40230000  # irom0 is mapped at 0x40200000
+    assert archdetect.arch_score("xtensa", old) > 0.2
+    assert archdetect.guess_base("xtensa", old) == 0x40230000  # irom0 is mapped at 0x40200000
     d = encode(old, new, "xtensa-lzma")
     assert apply_delta(old, d, len(new)) == new
     assert len(d.data) < 0.9 * len(encode(old, new, "bsdiff4").data)
@@ -231,21 +236,21 @@ def test_max_output_is_enforced(enc):
 
 
 def _reseal(enc: str, body: bytes) -> Delta:
-    return Delta(enc, D._seal(enc, body))
+    return Delta(enc, container.seal(enc, body))
 
 
 def test_container_asking_for_huge_dictionary_or_size_is_rejected_before_allocating():
     old, new, _ = small_deltas()
     # full image declaring 1 TiB of output, within a generous max_output: rejected by the
     # dictionary bound / the stream, never by allocating the declared size
-    body = D._uvarint(1 << 40) + D._uvarint(0) + D._uvarint(1 << 40) + b"\x00" * 16
+    body = container.uvarint(1 << 40) + container.uvarint(0) + container.uvarint(1 << 40) + b"\x00" * 16
     with pytest.raises(DeltaError):
         apply_delta(old, _reseal("full-lzma", body), 1 << 41)
-    body = D._uvarint(1000) + D._uvarint(0) + D._uvarint(1 << 30) + b"\x00" * 16
+    body = container.uvarint(1000) + container.uvarint(0) + container.uvarint(1 << 30) + b"\x00" * 16
     with pytest.raises(DeltaError, match="dictionary"):
         apply_delta(old, _reseal("full-lzma", body), 1 << 20)
     with pytest.raises(DeltaError, match="allowed"):
-        apply_delta(old, _reseal("full-lzma", D._uvarint(5000) + b"\x00" * 8), 4999)
+        apply_delta(old, _reseal("full-lzma", container.uvarint(5000) + b"\x00" * 8), 4999)
 
 
 def _bsdiff4_patch(controls: list[tuple[int, int, int]], diff: bytes, extra: bytes, new_size: int) -> bytes:
@@ -290,16 +295,16 @@ def test_bsdiff4_declared_size_over_max_output():
 def test_crafted_lzma_container_with_inconsistent_streams():
     old, new, deltas = small_deltas()
     data = deltas["bsdiff-lzma"].data
-    body = data[D._HEADER:]
+    body = data[container.HEADER_SIZE:]
     # extra bytes appended to the body (CRC recomputed): stream lengths no longer add up
     with pytest.raises(DeltaError):
         apply_delta(old, _reseal("bsdiff-lzma", body + b"\0"), len(new))
     # a control stream that covers less than declared
-    ctrl = D._uvarint(5) + D._uvarint(0) + D._uvarint(0)
-    d_c = D._lzma(ctrl, tune=False)
-    d_d = D._lzma(old[:5], tune=False)
-    d_e = D._lzma(b"", tune=False)
-    blob = D._container("bsdiff-lzma", 6, [len(old), 1], [d_c, d_d, d_e])
+    ctrl = container.uvarint(5) + container.uvarint(0) + container.uvarint(0)
+    d_c = encoder_streams.lzma_compress(ctrl, tune=False)
+    d_d = encoder_streams.lzma_compress(old[:5], tune=False)
+    d_e = encoder_streams.lzma_compress(b"", tune=False)
+    blob = container.frame_streams("bsdiff-lzma", 6, [len(old), 1], [d_c, d_d, d_e])
     with pytest.raises(DeltaError, match="produces 5 bytes"):
         apply_delta(old, Delta("bsdiff-lzma", blob), 100)
 
@@ -308,24 +313,24 @@ def test_swar_byte_arithmetic():
     rng = random.Random(5)
     for n in (1, 2, 7, 64, 1000):
         a, b = rng.randbytes(n), rng.randbytes(n)
-        assert D._add_bytes(a, b) == bytes((x + y) & 0xFF for x, y in zip(a, b))
-        assert D._sub_bytes(a, b) == bytes((x - y) & 0xFF for x, y in zip(a, b))
+        assert bytewise.add_bytes(a, b) == bytes((x + y) & 0xFF for x, y in zip(a, b))
+        assert bytewise.sub_bytes(a, b) == bytes((x - y) & 0xFF for x, y in zip(a, b))
 
 
 def test_thumb_bl_encode_decode_round_trip():
     rng = random.Random(6)
-    buf = bytearray(D._thumb_bl_encode(b"\x00\xf0\x00\xd0", 0, 0))
+    buf = bytearray(relocate_thumb.bl_encode(b"\x00\xf0\x00\xd0", 0, 0))
     for _ in range(500):
         off = rng.randrange(-(1 << 24), 1 << 24) & ~1
-        enc = D._thumb_bl_encode(buf, 0, off)
-        assert D._thumb_bl_decode(enc, 0) == off
-        assert D._thumb_bl_match(enc, 0)
+        enc = relocate_thumb.bl_encode(buf, 0, off)
+        assert relocate_thumb.bl_decode(enc, 0) == off
+        assert relocate_thumb.bl_match(enc, 0)
 
 
 def test_crc_is_over_the_whole_body():
     _, _, deltas = small_deltas()
     data = deltas["full-lzma"].data
-    assert struct.unpack_from("<I", data, 6)[0] == zlib.crc32(data[D._HEADER:])
+    assert struct.unpack_from("<I", data, 6)[0] == zlib.crc32(data[container.HEADER_SIZE:])
     assert data[:4] == D.MAGIC and data[4] == D.FORMAT_VERSION
 
 
@@ -333,17 +338,17 @@ def test_move_map_threshold_and_size_are_bounded_by_the_applier():
     old = bytes(range(256)) * 64
     new = old
     controls = [(len(old), 0, 0)]
-    ok = D._pack_streams("thumb-lzma", old, new, controls, bytes(len(old)), b"", [24, 0, 0, 0], False)
+    ok = encoder_streams.pack_streams("thumb-lzma", old, new, controls, bytes(len(old)), b"", [24, 0, 0, 0], False)
     assert apply_delta(old, Delta("thumb-lzma", ok), len(new)) == new
-    low = D._pack_streams("thumb-lzma", old, new, controls, bytes(len(old)), b"", [4, 0, 0, 0], False)
+    low = encoder_streams.pack_streams("thumb-lzma", old, new, controls, bytes(len(old)), b"", [4, 0, 0, 0], False)
     with pytest.raises(DeltaError, match="threshold"):
         apply_delta(old, Delta("thumb-lzma", low), len(new))
     # many long matches for a tiny output: more move-map segments than any real delta has
     n = 2000
-    assert n > D._max_segments(16 * n)
+    assert n > container.max_segments(16 * n)
     many = [(16, 0, -16)] * n
     out = old[:16] * n
-    blob = D._pack_streams("aarch64-lzma", old, out, many, bytes(16 * n), b"", [12, 0, 0, 0], False)
+    blob = encoder_streams.pack_streams("aarch64-lzma", old, out, many, bytes(16 * n), b"", [12, 0, 0, 0], False)
     with pytest.raises(DeltaError, match="segments"):
         apply_delta(old, Delta("aarch64-lzma", blob), 16 * n)
 
@@ -353,8 +358,8 @@ def test_load_address_is_found_behind_a_header(arch, base):
     # Signed lab images put a 64-byte header in front of the payload: the base is then not
     # 4 KiB-aligned, and pointers must still be relocated.
     old, new = generated_pair(arch)
-    assert D._guess_base(arch, old) == base
-    assert D._guess_base(arch, b"H" * 64 + old) == base - 64
+    assert archdetect.guess_base(arch, old) == base
+    assert archdetect.guess_base(arch, b"H" * 64 + old) == base - 64
     wrapped = D.encode(b"H" * 64 + old + b"S" * 72, b"H" * 64 + new + b"T" * 72, f"{arch}-lzma")
     plain = all_encodings("gen", arch)[f"{arch}-lzma"]
     assert len(wrapped.data) < len(plain.data) * 1.1

@@ -8,6 +8,7 @@ import bsdiff4
 import pytest
 
 from fotalab.formats import delta as D
+from fotalab.formats.delta import archdetect
 from fotalab.signer.fwgen import firmware_versions
 
 KIB = 1024
@@ -73,16 +74,16 @@ def test_thumb_image_looks_like_cortex_m_firmware():
     sp, reset = struct.unpack_from("<II", img, 0)
     assert 0x20000000 <= sp < 0x20100000  # initial stack pointer in RAM
     assert reset & 1 and 0x08000000 < reset < 0x08000000 + len(img)  # Thumb reset handler
-    assert D._arch_score("thumb", img) > 0.5  # calls land on shared targets, like real code
-    assert D._guess_base("thumb", img) == 0x08000000
+    assert archdetect.arch_score("thumb", img) > 0.5  # calls land on shared targets, like real code
+    assert archdetect.guess_base("thumb", img) == 0x08000000
     assert b"fota-lab firmware v1.0.0" in img
 
 
 def test_aarch64_image_looks_like_aarch64_code():
     img = firmware_versions(2, 64 * KIB, 1, "aarch64")[0]
-    assert D._arch_score("aarch64", img) > 0.5
-    assert D._arch_score("thumb", img) < 0.2
-    assert D._guess_base("aarch64", img) == 0x80000
+    assert archdetect.arch_score("aarch64", img) > 0.5
+    assert archdetect.arch_score("thumb", img) < 0.2
+    assert archdetect.guess_base("aarch64", img) == 0x80000
     assert struct.pack("<I", 0xD65F03C0) in img  # ret
 
 
