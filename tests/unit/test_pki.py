@@ -1,0 +1,101 @@
+"""The lab CA (lab/pki.py): identities kept across runs, a growing fleet, revocation, reissue,
+and the certificates the acceptance tests need (expired, from another CA, revoked)."""
+from __future__ import annotations
+
+import datetime as dt
+import ssl
+import stat
+
+import pytest
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from fotalab.lab.pki import TLS_SERVER, LabCA
+from fotalab.tlsfiles import TlsFiles, TlsSetupError, peer_identity
+
+
+def cert(path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+def crl_serials(ca: LabCA) -> set[int]:
+    return {r.serial_number for r in x509.load_pem_x509_crl(ca.crl_path.read_bytes())}
+
+
+@pytest.fixture
+def ca(tmp_path) -> LabCA:
+    lab = LabCA(tmp_path / "credentials")
+    lab.ensure_identities(["device-1", "device-2", "fota-server"])
+    return lab
+
+
+def test_identities_are_issued_by_the_lab_ca_with_their_name_and_purpose(ca):
+    root = cert(ca.ca_cert_path)
+    device = cert(ca.identity("device-1").cert)
+    assert device.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "device-1"
+    assert device.issuer == root.subject
+    device.verify_directly_issued_by(root)
+    eku = device.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    server = cert(ca.identity(TLS_SERVER).cert)
+    sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {"mosquitto", "server", "link", "localhost"} <= set(sans.get_values_for_type(x509.DNSName))
+    assert "127.0.0.1" in {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)}
+
+
+def test_private_keys_are_readable_by_their_owner_only_and_each_identity_has_its_own_directory(ca):
+    for name in ("device-1", "device-2", "fota-server", TLS_SERVER):
+        identity = ca.identity(name)
+        assert stat.S_IMODE(identity.key.stat().st_mode) == 0o600
+        assert sorted(p.name for p in identity.directory.iterdir()) == (
+            ["ca.pem", "cert.pem", "crl.pem", "key.pem"] if name == TLS_SERVER else ["ca.pem", "cert.pem", "key.pem"])
+    assert stat.S_IMODE((ca.directory / "ca-private").stat().st_mode) == 0o700
+    assert not list(ca.identity("device-1").directory.glob("*ca.key*"))
+
+
+def test_a_second_run_keeps_every_certificate_and_a_grown_fleet_gets_new_ones(ca):
+    before = {n: ca.identity(n).cert.read_bytes() for n in ("device-1", "device-2", "fota-server", TLS_SERVER)}
+    ca_before = ca.ca_cert_path.read_bytes()
+    assert ca.ensure_identities(["device-1", "device-2", "fota-server"]) == []
+    assert ca.ensure_identities(["device-1", "device-2", "device-3", "fota-server"]) == ["device-3"]
+    assert {n: ca.identity(n).cert.read_bytes() for n in before} == before
+    assert ca.ca_cert_path.read_bytes() == ca_before
+    cert(ca.identity("device-3").cert).verify_directly_issued_by(cert(ca.ca_cert_path))
+
+
+def test_revoke_lists_the_serial_in_the_crl_everywhere_and_reissue_gives_a_new_certificate(ca):
+    old = cert(ca.identity("device-1").cert).serial_number
+    assert ca.revoke("device-1") == old
+    assert crl_serials(ca) == {old}
+    assert {r.serial_number for r in x509.load_pem_x509_crl(ca.identity(TLS_SERVER).crl.read_bytes())} == {old}
+    x509.load_pem_x509_crl(ca.crl_path.read_bytes()).is_signature_valid(cert(ca.ca_cert_path).public_key())
+    ca.reissue("device-1")
+    new = cert(ca.identity("device-1").cert).serial_number
+    assert new != old and ca.serial("device-1") == new
+    assert crl_serials(ca) == {old}          # the old one stays revoked, the new one is good
+    ca.reissue("device-2")                   # reissue of a good certificate revokes the old one too
+    assert len(crl_serials(ca)) == 2
+    with pytest.raises(KeyError, match="provision it first"):
+        ca.revoke("device-9")
+
+
+def test_expired_and_foreign_certificates_can_be_made_for_the_acceptance_tests(ca, tmp_path):
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(days=2)
+    expired = ca.issue("device-old", not_before=past - dt.timedelta(days=1), not_after=past)
+    assert cert(expired.cert).not_valid_after_utc < dt.datetime.now(dt.UTC)
+    foreign = LabCA(tmp_path / "elsewhere", name="another CA")
+    foreign.ensure_identities(["device-1"])
+    assert cert(foreign.identity("device-1").cert).issuer != cert(ca.ca_cert_path).subject
+
+
+def test_tls_files_build_contexts_and_name_the_missing_file(ca, tmp_path):
+    device = ca.identity("device-1")
+    files = TlsFiles(device.ca, device.cert, device.key)
+    assert isinstance(files.client_context(), ssl.SSLContext)
+    server = ca.identity(TLS_SERVER)
+    context = TlsFiles(server.ca, server.cert, server.key).server_context(crl=server.crl)
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.verify_flags & ssl.VERIFY_CRL_CHECK_LEAF
+    with pytest.raises(TlsSetupError, match=r"FOTA_TLS_KEY=.*nowhere.pem.*re-provision"):
+        TlsFiles(device.ca, device.cert, tmp_path / "nowhere.pem").client_context()
+    assert peer_identity({"subject": ((("commonName", "device-1"),),)}) == "device-1"
+    assert peer_identity(None) is None
