@@ -9,7 +9,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "services" / "fotalab"
 MAX_LINES = 600
 # Modules that start a process: they may read the environment and reach into lab/.
-ENTRY_POINTS = {"cli", "device.main", "server.main", "signer.main"}
+ENTRY_POINTS = {"cli", "device.main", "device.swdevice", "server.main", "signer.main"}
 ENVIRONMENT_READERS = {"envconfig"} | ENTRY_POINTS
 
 
