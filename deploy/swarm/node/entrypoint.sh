@@ -8,11 +8,25 @@
 # swarm's CLI reaches the engine over the project's own bridge network; no TLS, never publish it).
 set -eu
 
-# cgroup v1 and v2 both: a privileged container sees the host's hierarchies read-write.
+# What --privileged would give, without it: the engine here lacks CAP_SYS_RESOURCE, so runc
+# refuses --privileged; the node runs with every other capability (scripts/swarm-chaos) and makes
+# /sys and the cgroup hierarchies writable itself. cgroup v1: each hierarchy read-only at
+# /sys/fs/cgroup/<controllers> is mounted again, read-write; cgroup v2: the unified one.
+mount -o remount,rw /sys 2>/dev/null || true
+if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+  mount -o remount,rw /sys/fs/cgroup 2>/dev/null || true
+else
+  mount | awk '$5 == "cgroup" { print $3, $6 }' | while read -r dir opts; do
+    controllers=$(echo "$opts" | tr -d '()' | tr , '\n' \
+                  | grep -vE '^(ro|rw|nosuid|nodev|noexec|relatime)$' | paste -sd, -)
+    umount "$dir" && mount -t cgroup -o "$controllers" cgroup "$dir"
+  done
+fi
 mountpoint -q /sys/kernel/security || mount -t securityfs none /sys/kernel/security 2>/dev/null || true
-mountpoint -q /tmp || mount -t tmpfs tmpfs /tmp
-# A power cut leaves stale pid files behind: the engine refuses to start over them.
-rm -f /var/run/docker.pid /var/run/docker/containerd/containerd.pid /run/docker.pid
+# RAM: what a power cut erases (the engine's and containerd's sockets, pid files, task state);
+# without it the engine would refuse to start over the pid files of the run before the cut.
+mount -t tmpfs tmpfs /run
+mount -t tmpfs tmpfs /tmp
 
 works() {  # works DRIVER: can the engine use it on /var/lib/docker in this container?
   probe=/var/lib/docker/.probe-$1
@@ -40,5 +54,5 @@ if [ -z "$driver" ]; then
 fi
 echo "swarm-node: storage driver $driver" >&2
 
-exec dockerd --host unix:///var/run/docker.sock --host "${FOTA_NODE_API:-tcp://0.0.0.0:2375}" \
+exec dockerd --host unix:///var/run/docker.sock --host "${FOTA_NODE_API:-tcp://0.0.0.0:2375}" --tls=false \
   --storage-driver "$driver" --log-driver json-file --log-opt max-size=5m "$@"

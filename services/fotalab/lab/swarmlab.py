@@ -62,6 +62,7 @@ class SwarmLab:
     stack: str
     engines: dict[str, tuple[str, ...]] = field(default_factory=dict)   # node hostname -> docker CLI
     managers: list[str] = field(default_factory=list)                  # hostnames of manager nodes
+    down: set[str] = field(default_factory=set)                        # nodes known to be off
     restart_timeout_s: float = 120.0
     _slots: dict[str, Slot] = field(default_factory=dict, repr=False)
 
@@ -79,7 +80,7 @@ class SwarmLab:
     def manager(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         """Run a swarm-wide command on the first manager that answers."""
         last: Exception | None = None
-        for node in self.managers or [None]:
+        for node in [m for m in self.managers if m not in self.down] or [None]:
             try:
                 return self.docker(node, *args, timeout=timeout)
             except (EngineDown, subprocess.TimeoutExpired) as exc:
@@ -92,7 +93,7 @@ class SwarmLab:
         raise EngineDown(f"no manager answers: {last}")
 
     def nodes(self) -> list[str | None]:
-        return list(self.engines) or [None]
+        return [n for n in self.engines if n not in self.down] or [None]
 
     # -- the stack's services and the devices' slots
     def device_services(self) -> dict[str, tuple[int, int]]:
