@@ -123,15 +123,21 @@ class TestSwarm:
         log(f"{self.count} nodes, every one a manager: " +
             ", ".join(f"{n} {self.address(n)}" for n in self.names))
 
-    def wait_engine(self, node: str, timeout: float = 180) -> None:
+    def wait_engine(self, node: str, timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout
-        while run(*self.cli(node), "info", "--format", "{{.ID}}", check=False, timeout=30).returncode != 0:
+        while not self.answers(node):
             if time.monotonic() > deadline:
                 logs = run("docker", "logs", "--tail", "20", self.container(node), check=False)
                 raise TimeoutError(f"engine of {node} did not answer in {timeout:.0f} s: {logs.stdout}{logs.stderr}")
             time.sleep(1)
 
-    def wait_ready(self, node: str, timeout: float = 180) -> None:
+    def answers(self, node: str) -> bool:
+        try:    # an engine coming back from a power cut may take its time to answer at all
+            return run(*self.cli(node), "info", "--format", "{{.ID}}", check=False, timeout=30).returncode == 0
+        except subprocess.TimeoutExpired:
+            return False
+
+    def wait_ready(self, node: str, timeout: float = 300) -> None:
         """The node's engine answers and the swarm's managers see it Ready again."""
         self.wait_engine(node, timeout)
         deadline = time.monotonic() + timeout
@@ -139,8 +145,11 @@ class TestSwarm:
             for other in self.names:
                 if other in self.down:
                     continue
-                done = run(*self.cli(other), "node", "ls", "--format", "{{.Hostname}} {{.Status}}",
-                           check=False, timeout=30)
+                try:
+                    done = run(*self.cli(other), "node", "ls", "--format", "{{.Hostname}} {{.Status}}",
+                               check=False, timeout=30)
+                except subprocess.TimeoutExpired:
+                    continue
                 if done.returncode == 0 and f"{node} Ready" in done.stdout:
                     return
             time.sleep(1)
