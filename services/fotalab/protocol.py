@@ -117,3 +117,34 @@ class Outcome(StrEnum):
     COMMITTED = "committed"
     ROLLED_BACK = "rolled_back"
     FAILED = "failed"
+
+
+# --- hawkBit's Direct Device Integration (DDI) API: the words a DDI client (SWUpdate's suricatta,
+# rauc-hawkbit-updater, Zephyr's hawkbit...) sends and reads. They are hawkBit's, spelled as its
+# DDI model classes spell them (DdiStatus.ExecutionStatus, DdiResult.FinalResult,
+# DdiDeployment.HandlingType); docs/ddi.md cites them. Here, not in server/, because they cross the wire.
+
+class DdiExecution(StrEnum):
+    """status.execution of a DDI feedback."""
+    CLOSED = "closed"                # finished: result.finished says how
+    PROCEEDING = "proceeding"        # started, not finished
+    CANCELED = "canceled"            # the client confirms a cancellation
+    SCHEDULED = "scheduled"          # noticed, will run
+    REJECTED = "rejected"            # the client does not accept the action (or its cancellation)
+    RESUMED = "resumed"              # started again after a reset or power loss
+    DOWNLOADED = "downloaded"        # the artifacts are downloaded
+    DOWNLOAD = "download"            # the download starts
+
+
+class DdiFinished(StrEnum):
+    """status.result.finished of a DDI feedback."""
+    SUCCESS = "success"
+    FAILURE = "failure"
+    NONE = "none"                    # not finished (yet)
+
+
+class DdiHandling(StrEnum):
+    """deployment.download and deployment.update of a deploymentBase: what the server asks."""
+    SKIP = "skip"                    # not now (SWUpdate answers skip with closed + success: never sent here)
+    ATTEMPT = "attempt"              # the client may defer it
+    FORCED = "forced"                # at once

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fotalab.server import ingest, rollout_engine
-from fotalab.server.registry import Registry
+from fotalab.server.registry import SCHEMA_VERSION, Registry
 from server_samples import TOKEN
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -215,7 +215,7 @@ def test_a_v2_database_is_migrated_with_a_log_for_its_rollouts(tmp_path):
     registry.migrate()
     registry.migrate()                                  # idempotent
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert {"events_by_kind", "devices_by_last_seen", "rollouts_by_update", "rollout_log_by_rollout"} <= indexes
     [entry] = registry.rollout_log(rollout_id=1)

@@ -18,7 +18,7 @@ def registry(tmp_path):
 def test_wal_mode_and_schema_version(registry):
     db = sqlite3.connect(registry.path)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 3     # 3: rollout log
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 4     # 3: rollout log; 4: DDI controllers and actions
     registry.migrate()                       # idempotent
 
 

@@ -1,5 +1,5 @@
 """The JSON API under /api/v1: releases, the device manifest, devices, history, assignments,
-triggers and rollouts.
+triggers, rollouts, and the enrolment of DDI controllers (ddi.py serves the controllers themselves).
 
 Reads are open; every other method needs the bearer token (auth.py), checked once for the
 whole blueprint so that no state-changing endpoint can forget it. The description of every
@@ -9,6 +9,8 @@ errors.ServerError, whose class is its status; app.py answers it as JSON.
 from __future__ import annotations
 
 import json
+import re
+import secrets
 from collections.abc import Callable
 
 from flask import Blueprint, Response, jsonify, request
@@ -17,15 +19,18 @@ from ..protocol import Command
 from . import assignment, offer, rollouts
 from .artifacts import ReleaseIndex
 from .auth import token_problem
-from .errors import InvalidRequest, NotFound, RolloutError, Unauthorized, Unavailable
+from .ddi_store import DdiStore
+from .errors import EnrollmentError, InvalidRequest, NotFound, RolloutError, Unauthorized, Unavailable
 from .openapi import openapi_document
 from .registry import Registry
 from .rollouts import Actor
 from .services import services
+from .tlsauth import client_identity, token_needs_tls
 
 MAX_ID = 128
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 SAVE_ATTEMPTS = 20              # an operator's change that keeps losing the race with the engine's tick
+CONTROLLER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")    # a path segment of every DDI URL, as is
 
 blueprint = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -55,6 +60,8 @@ def release_json(index: ReleaseIndex, release: dict) -> dict:
 def require_token_for_writes() -> None:
     if request.method not in READ_METHODS:
         problem = token_problem(request, services().config.api_token)
+        if problem is None and services().config.tls:
+            problem = token_needs_tls(request)
         if problem:
             raise Unauthorized(problem)
 
@@ -74,6 +81,9 @@ def releases() -> Response:
 @blueprint.get("/manifest")
 def manifest() -> Response:
     args = request.args
+    if not args.get("device") and client_identity(request):     # HTTPS: the certificate names the device
+        args = args.copy()
+        args["device"] = client_identity(request)
     missing = [name for name in ("device", "hardware", "version") if not args.get(name)]
     if missing:
         raise InvalidRequest(f"missing query parameter(s) {', '.join(missing)}: a device asks with ?device=<id>"
@@ -244,3 +254,45 @@ def resume_rollout(rollout_id: int) -> Response:
 @blueprint.post("/rollouts/<int:rollout_id>/abort")
 def abort_rollout(rollout_id: int) -> Response:
     return operate(rollout_id, rollouts.abort)
+
+
+def enrolment_hardware(index: ReleaseIndex, asked: object) -> str:
+    """The hardware a controller is enrolled for: the one asked for, else the only one there is
+    (or the only one of the lab's own format, the others being SWUpdate's)."""
+    if asked is None:
+        lab = sorted({r["hardware"] for r in index.releases if "swu" not in r})
+        for candidates in (sorted(index.hardware), lab):
+            if len(candidates) == 1:
+                return candidates[0]
+        raise InvalidRequest(f"name the controller's hardware: one of {', '.join(sorted(index.hardware))}")
+    if not isinstance(asked, str) or asked not in index.hardware:
+        raise EnrollmentError(f"no releases for hardware {str(asked)[:64]!r}: choose one of "
+                              f"{', '.join(sorted(index.hardware)) or 'none'}")
+    return asked
+
+
+@blueprint.post("/controllers")
+def enroll_controller() -> tuple[Response, int]:
+    """A DDI controller: its TargetToken is in this answer and nowhere else (the registry keeps a
+    hash). `credentials` is where a client certificate joins the token once mutual TLS issues one."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or not isinstance(body.get("name"), str):
+        raise InvalidRequest('send a JSON body {"name": "<controller id>", "hardware": "<hardware id>"}')
+    name = body["name"]
+    if not CONTROLLER_ID.fullmatch(name):
+        raise InvalidRequest(f"controller name {name[:64]!r} is not valid: 1-64 letters, digits, '.', '_', ':' or '-', "
+                             "starting with a letter or digit")
+    hardware = enrolment_hardware(services().index.get(), body.get("hardware"))
+    token = secrets.token_hex(16)
+    DdiStore(services().registry).enroll(name, hardware, token)
+    config = services().config
+    base = config.public_url or request.host_url.rstrip("/")
+    return jsonify(controller_id=name, hardware=hardware, tenant=config.ddi_tenant, base_url=base,
+                   ddi_url=f"{base}/{config.ddi_tenant}/controller/v1/{name}", poll_s=config.ddi_poll_s,
+                   credentials={"target_token": token}), 201
+
+
+@blueprint.get("/controllers")
+def list_controllers() -> Response:
+    found = DdiStore(services().registry).controllers()
+    return jsonify(tenant=services().config.ddi_tenant, controllers=found, count=len(found))

@@ -16,13 +16,14 @@ from collections.abc import Iterable
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from . import api, dashboard, metrics
+from . import api, dashboard, ddi, metrics
 from .artifacts import LiveIndex
 from .config import ServerConfig
 from .errors import NotFound, ServerError
 from .live import LiveHub
 from .registry import Registry
 from .services import EXTENSION, Services, services
+from .tlsauth import require_own_identity
 
 log = logging.getLogger("fotalab.server")
 
@@ -115,7 +116,10 @@ def create_app(config: ServerConfig) -> Flask:
                                          LiveHub(registry, limit=config.stream_limit, poll_s=config.live_poll_s))
     app.register_blueprint(api.blueprint)
     app.register_blueprint(dashboard.blueprint)
+    app.register_blueprint(ddi.blueprint)
     app.before_request(label_route)
+    if config.tls:          # HTTPS: a device's certificate speaks for that device only (tlsauth.py)
+        app.before_request(require_own_identity)
     app.register_error_handler(ServerError, server_error)
     app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(Exception, unexpected)

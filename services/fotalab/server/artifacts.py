@@ -29,6 +29,8 @@ class Artifact:
     kind: str
     path: Path
     names: tuple[str, ...]
+    sha1: str = ""          # for DDI clients (hawkBit's hashes): computed once, with the SHA-256 check
+    md5: str = ""
 
     @property
     def url(self) -> str:
@@ -46,12 +48,13 @@ class ReleaseIndex:
         self.by_sha: dict[str, Artifact] = {}
         self.by_name: dict[str, Artifact] = {}
         for sha, entry in raw["artifacts"].items():
-            problem = _check_file(root, sha, entry)
+            problem, sha1, md5 = _check_file(root, sha, entry)
             if problem:
                 log.warning("not serving indexed artifact %s: %s", sha[:64], problem)
                 self.skipped.append(f"{sha[:64]}: {problem}")
                 continue
-            artifact = Artifact(sha, entry["length"], entry["kind"], root / "artifacts" / sha, tuple(entry["names"]))
+            artifact = Artifact(sha, entry["length"], entry["kind"], root / "artifacts" / sha, tuple(entry["names"]),
+                                sha1, md5)
             self.by_sha[sha] = artifact
             for name in artifact.names:
                 self.by_name[name] = artifact
@@ -75,25 +78,27 @@ class ReleaseIndex:
         return sorted({r["version"] for r in self.releases if hardware in (None, r["hardware"])})
 
 
-def _check_file(root: Path, sha: str, entry: dict) -> str | None:
+def _check_file(root: Path, sha: str, entry: dict) -> tuple[str | None, str, str]:
+    """(problem or None, SHA-1, MD5): the file read once for all three digests."""
     if not SHA256.fullmatch(sha):
-        return "its key is not a lowercase hex SHA-256"
+        return "its key is not a lowercase hex SHA-256", "", ""
     path = root / "artifacts" / sha
     try:
         info = path.lstat()
     except OSError as exc:
-        return f"cannot stat {path}: {exc.strerror}"
+        return f"cannot stat {path}: {exc.strerror}", "", ""
     if not stat.S_ISREG(info.st_mode):
-        return f"{path} is not a regular file (symlinks are never served)"
+        return f"{path} is not a regular file (symlinks are never served)", "", ""
     if info.st_size != entry["length"]:
-        return f"{path} has {info.st_size} bytes, the index says {entry['length']}"
-    digest = hashlib.sha256()
+        return f"{path} has {info.st_size} bytes, the index says {entry['length']}", "", ""
+    digests = [hashlib.sha256(), hashlib.sha1(usedforsecurity=False), hashlib.md5(usedforsecurity=False)]
     with path.open("rb") as source:
         while block := source.read(1 << 20):
-            digest.update(block)
-    if digest.hexdigest() != sha:
-        return f"{path} does not hash to its name"
-    return None
+            for digest in digests:
+                digest.update(block)
+    if digests[0].hexdigest() != sha:
+        return f"{path} does not hash to its name", "", ""
+    return None, digests[1].hexdigest(), digests[2].hexdigest()
 
 
 class LiveIndex:

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..envconfig import Env
+from ..tlsfiles import TlsFiles
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,12 @@ class ServerConfig:
     streams: int = 8                   # dashboard event streams per worker, each holding a thread (live.py)
     stream_s: float = 300.0            # a stream ends after this long; the browser reconnects
     live_poll_s: float = 1.0           # how often a worker reads the registry's changes for its streams
+    tls: TlsFiles | None = None        # FOTA_TLS_*: HTTPS with this certificate, MQTT over TLS as its identity
+    tls_crl: Path | None = None        # FOTA_TLS_CRL: client certificates on it are refused (re-read as it changes)
+    ddi_tenant: str = "DEFAULT"        # hawkBit DDI: the tenant in /{tenant}/controller/v1/... (ddi.py)
+    ddi_poll_s: int = 10               # DDI: config.polling.sleep told to every controller
+    ddi_gateway_token: str = ""        # DDI: a GatewayToken for the whole tenant; empty: TargetTokens only
+    public_url: str = ""               # absolute base of links handed to clients (DDI); empty: the request's host
 
     @property
     def database(self) -> Path:
@@ -35,6 +42,11 @@ class ServerConfig:
     def stream_limit(self) -> int:
         """Streams per worker, at most half its threads: dashboards never starve the API."""
         return min(self.streams, self.threads // 2)
+
+    @property
+    def ddi_sleep(self) -> str:
+        """config.polling.sleep as hawkBit writes it: HH:MM:SS."""
+        return f"{self.ddi_poll_s // 3600:02d}:{self.ddi_poll_s // 60 % 60:02d}:{self.ddi_poll_s % 60:02d}"
 
     @property
     def token_file(self) -> Path:
@@ -59,4 +71,9 @@ class ServerConfig:
                    mqtt_password=env.secret("FOTA_MQTT_PASSWORD"),
                    mqtt_client_id=env.text("FOTA_MQTT_CLIENT_ID", d.mqtt_client_id),
                    api_token=env.secret("FOTA_API_TOKEN"),
-                   streams=env.integer("FOTA_SERVER_STREAMS", d.streams, minimum=0))
+                   tls=TlsFiles.from_env(env), tls_crl=env.optional_path("FOTA_TLS_CRL"),
+                   streams=env.integer("FOTA_SERVER_STREAMS", d.streams, minimum=0),
+                   ddi_tenant=env.text("FOTA_DDI_TENANT", d.ddi_tenant),
+                   ddi_poll_s=env.integer("FOTA_DDI_POLL_S", d.ddi_poll_s, minimum=1, maximum=24 * 3600 - 1),
+                   ddi_gateway_token=env.secret("FOTA_DDI_GATEWAY_TOKEN"),
+                   public_url=env.text("FOTA_PUBLIC_URL", d.public_url).rstrip("/"))

@@ -35,6 +35,13 @@ class Unauthorized(ServerError):
         return {"WWW-Authenticate": "Bearer realm=fotalab"}
 
 
+class ControllerUnauthorized(Unauthorized):
+    """A DDI request without a valid TargetToken (or GatewayToken) for its controller."""
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "TargetToken realm=fotalab"}
+
+
 class NotFound(ServerError):
     """Names a device, rollout, hardware or artifact the server does not know."""
     status = 404
@@ -44,6 +51,16 @@ class UnknownHardware(NotFound):
     """No release was ever built for this hardware id."""
 
 
+class ControllerExists(ServerError):
+    """Enrolling a DDI controller under a name that is taken."""
+    status = 409
+
+
+class Gone(ServerError):
+    """Feedback for a DDI action that is closed (hawkBit answers 410 too)."""
+    status = 410
+
+
 class Unprocessable(ServerError):
     """Well-formed, but asks for what cannot be done (a release that does not exist, a bad plan)."""
     status = 422
@@ -51,6 +68,10 @@ class Unprocessable(ServerError):
 
 class AssignmentError(Unprocessable):
     """An assignment that cannot be made; the message lists what can be assigned."""
+
+
+class EnrollmentError(Unprocessable):
+    """A controller that cannot be enrolled (unknown hardware); the message lists what can be."""
 
 
 class RolloutError(Unprocessable):

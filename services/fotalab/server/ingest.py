@@ -93,7 +93,9 @@ class Ingester:
         self._host, self._port = config.mqtt_host, config.mqtt_port
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=config.mqtt_client_id,
                                    clean_session=False, manual_ack=True)
-        if config.mqtt_username:
+        if config.tls:      # over TLS the broker knows us by our certificate (its CN is our username)
+            self._client.tls_set_context(config.tls.client_context())
+        elif config.mqtt_username:
             self._client.username_pw_set(config.mqtt_username, config.mqtt_password)
         self._client.reconnect_delay_set(min_delay=1, max_delay=10)
         self._client.on_connect = self._connected
@@ -171,7 +173,7 @@ def start_ingestion(config: ServerConfig, registry: Registry) -> Elector:
     ingester = Ingester(config, registry)
 
     def work() -> None:
-        RolloutEngine(registry, ingester.hint).start()
+        RolloutEngine(registry, ingester.hint, ddi_offline_s=3 * config.ddi_poll_s).start()
         ingester.run_forever()
     elector = Elector(config.data_dir / "ingest.lock", work)
     elector.start()

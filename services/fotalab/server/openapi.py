@@ -213,6 +213,26 @@ def openapi_document() -> dict[str, Any]:
                 "security": SECURED, "parameters": [DEVICE_ID],
                 "responses": {"202": _json({"type": "object"}, "queued for the server's MQTT client"),
                               "401": ERROR, "404": ERROR}}},
+            "/api/v1/controllers": {
+                "get": {"summary": "enrolled DDI controllers (hawkBit's Direct Device Integration API, docs/ddi.md) "
+                                   "with their state and configData attributes; never their tokens",
+                        "responses": {"200": _json({"type": "object", "properties": {
+                            "tenant": {"type": "string"}, "count": {"type": "integer"},
+                            "controllers": {"type": "array", "items": {"type": "object"}}}}, "controllers")}},
+                "post": {"summary": "enrol a DDI controller; the answer holds its TargetToken, shown this once",
+                         "security": SECURED,
+                         "requestBody": {"required": True, "content": {JSON: {"schema": {
+                             "type": "object", "required": ["name"], "properties": {
+                                 "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$",
+                                          "description": "the controllerId, and its device id"},
+                                 "hardware": {"type": "string", "description": "a hardware id with releases "
+                                                                               "(default: the only one)"}}}}}},
+                         "responses": {"201": _json({"type": "object", "properties": {
+                             "controller_id": {"type": "string"}, "hardware": {"type": "string"},
+                             "tenant": {"type": "string"}, "base_url": {"type": "string"},
+                             "ddi_url": {"type": "string"}, "poll_s": {"type": "integer"},
+                             "credentials": {"type": "object", "properties": {"target_token": {"type": "string"}}}}},
+                             "enrolled"), "400": ERROR, "401": ERROR, "409": ERROR, "422": ERROR}}},
             "/api/v1/rollouts": {
                 "get": {"summary": "every rollout, oldest first",
                         "responses": {"200": _json({"type": "object", "properties": {

@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ..protocol import ACTIVE_ROLLOUTS, RolloutStatus
+from .ddi_store import SCHEMA as DDI_SCHEMA
 from .errors import RolloutConflict
 from .rollouts import Action, Actor, Decision, Rollout, assignments_to_clear, dumps, loads
 
-SCHEMA_VERSION = 3      # 3: rollout_log, and indexes for the dashboard's change feed and charts
+SCHEMA_VERSION = 4      # 3: rollout_log, and indexes for the dashboard's change feed and charts; 4: DDI (ddi_store.py)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
     device_id    TEXT PRIMARY KEY,
@@ -158,7 +159,7 @@ class Registry:
         if version > SCHEMA_VERSION:
             raise RuntimeError(f"{self.path} has schema {version}, newer than this server's {SCHEMA_VERSION}: "
                                "run a newer server or move the file away")
-        db.executescript("BEGIN IMMEDIATE;" + SCHEMA + (BACKFILL_V3 if version < 3 else "")
+        db.executescript("BEGIN IMMEDIATE;" + SCHEMA + DDI_SCHEMA + (BACKFILL_V3 if version < 3 else "")
                          + f"PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
 
     def close(self) -> None:

@@ -8,6 +8,12 @@ rollout log: phases advanced, gates tripped, completion) in one transaction, gua
 the revision it read: an operator's pause or abort saved in between wins, and the tick is
 simply redone. Hints are sent only after the save; one lost then (crash, broker down) is sent
 again by the rehint rule of rollouts.py. A restarted server just carries on from the database.
+
+A DDI controller (ddi.py) has no MQTT topic: its hint is a flag its next poll reads
+(ddi_store.request_offer), and its answer is the feedback it posts, which the registry keeps
+as a state report, so the rollout's rules need no special case. The engine also takes
+controllers that stopped polling offline (three polling intervals), as a broker's last will
+does for an MQTT device.
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ from collections.abc import Callable
 
 from ..protocol import Command, Outcome
 from . import rollouts
+from .ddi_store import DdiStore
 from .registry import Registry
 
 log = logging.getLogger("fotalab.server.rollouts")
@@ -36,8 +43,25 @@ def facts(registry: Registry, rollout: rollouts.Rollout) -> dict[str, rollouts.D
     return found
 
 
-def tick(registry: Registry, hint: Callable[[str], None], now: float | None = None) -> None:
-    """One pass: the operator's single-device triggers, then every running rollout."""
+def routed(registry: Registry, hint: Callable[[str], None]) -> Callable[[str], None]:
+    """The hint for any device: over MQTT, or for a DDI controller a flag its next poll reads."""
+    controllers = DdiStore(registry)
+
+    def send(device_id: str) -> None:
+        if controllers.is_controller(device_id):
+            controllers.request_offer(device_id)
+        else:
+            hint(device_id)
+    return send
+
+
+def tick(registry: Registry, hint: Callable[[str], None], now: float | None = None,
+         ddi_offline_s: float = 0.0) -> None:
+    """One pass: silent DDI controllers offline (with ddi_offline_s), the operator's
+    single-device triggers, then every running rollout."""
+    hint = routed(registry, hint)
+    if ddi_offline_s:
+        DdiStore(registry).silent_offline((time.time() if now is None else now) - ddi_offline_s)
     for device_id in registry.take_hints():
         hint(device_id)
     for rollout in registry.rollouts(active_only=True):
@@ -57,15 +81,17 @@ def tick(registry: Registry, hint: Callable[[str], None], now: float | None = No
 
 
 class RolloutEngine(threading.Thread):
-    def __init__(self, registry: Registry, hint: Callable[[str], None], *, interval_s: float = 1.0) -> None:
+    def __init__(self, registry: Registry, hint: Callable[[str], None], *, interval_s: float = 1.0,
+                 ddi_offline_s: float = 0.0) -> None:
         super().__init__(name="rollout-engine", daemon=True)
         self._registry, self._hint, self._interval = registry, hint, interval_s
+        self._ddi_offline_s = ddi_offline_s
 
     def run(self) -> None:
         log.info("rollout engine running")
         while True:
             try:
-                tick(self._registry, self._hint)
+                tick(self._registry, self._hint, ddi_offline_s=self._ddi_offline_s)
             except sqlite3.Error as exc:
                 log.error("rollout tick failed (%s); retrying", exc)
             except Exception:
