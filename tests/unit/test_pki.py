@@ -48,7 +48,8 @@ def test_private_keys_are_readable_by_their_owner_only_and_each_identity_has_its
         identity = ca.identity(name)
         assert stat.S_IMODE(identity.key.stat().st_mode) == 0o600
         assert sorted(p.name for p in identity.directory.iterdir()) == (
-            ["ca.pem", "cert.pem", "crl.pem", "key.pem"] if name == TLS_SERVER else ["ca.pem", "cert.pem", "key.pem"])
+            ["ca.pem", "cert.pem", "crl.pem", "key.pem"] if name in (TLS_SERVER, "fota-server")
+            else ["ca.pem", "cert.pem", "key.pem"])
     assert stat.S_IMODE((ca.directory / "ca-private").stat().st_mode) == 0o700
     assert not list(ca.identity("device-1").directory.glob("*ca.key*"))
 
@@ -99,3 +100,15 @@ def test_tls_files_build_contexts_and_name_the_missing_file(ca, tmp_path):
         TlsFiles(device.ca, device.cert, tmp_path / "nowhere.pem").client_context()
     assert peer_identity({"subject": ((("commonName", "device-1"),),)}) == "device-1"
     assert peer_identity(None) is None
+
+
+def test_the_acl_denies_every_topic_to_an_identity_whose_current_certificate_is_revoked(ca):
+    from fotalab.lab.provision import Credentials
+    ca.revoke("device-1")
+    assert ca.revoked_identities() == ["device-1"]
+    Credentials(ca.directory).provision(["device-1", "device-2"])
+    assert "user device-1\ntopic deny #\n" in (ca.directory / "acl").read_text()
+    ca.reissue("device-1")
+    assert ca.revoked_identities() == []
+    Credentials(ca.directory).provision(["device-1", "device-2"])
+    assert "topic deny" not in (ca.directory / "acl").read_text()

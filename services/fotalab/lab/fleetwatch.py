@@ -3,6 +3,7 @@ the tests and the crash sweep alike, so they all see the lab as an operator woul
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -10,12 +11,15 @@ from collections.abc import Callable
 import paho.mqtt.client as mqtt
 
 from ..protocol import FLEET_COMMANDS, PREFIX, device_topic
+from ..tlsfiles import TlsFiles
 
 
 class FleetWatcher:
     """Keeps the newest state, status and the event list of every device it hears of."""
 
-    def __init__(self, host: str, port: int, *, client_id: str = "", username: str = "", password: str = "") -> None:
+    def __init__(self, host: str, port: int, *, client_id: str = "", username: str = "", password: str = "",
+                 tls: TlsFiles | None = None) -> None:
+        """With `tls`, over TLS: the broker verified against tls.ca, our identity its certificate's."""
         self.states: dict[str, dict] = {}
         self.status: dict[str, str] = {}
         self.events: dict[str, list[dict]] = {}
@@ -27,11 +31,20 @@ class FleetWatcher:
         self._refusal = ""
         self._client.on_connect = self._connected
         self._client.on_message = self._message
-        self._client.connect(host, port, keepalive=15)
+        self._client.on_disconnect = self._closed
+        who = username or (f"the certificate {tls.cert}" if tls and tls.cert else "an anonymous client")
+        if tls:
+            self._client.tls_set_context(tls.client_context())
+        try:
+            self._client.connect(host, port, keepalive=15)
+        except ssl.SSLError as exc:
+            raise ConnectionRefusedError(f"MQTT broker at {host}:{port} refused {who} in the TLS handshake ({exc}); "
+                                         f"check that {tls.ca if tls else 'the CA'} is the lab CA and the certificate "
+                                         "is the lab's, current and not revoked (re-provision it)") from None
         self._client.loop_start()
         if not self._connack.wait(10) or self._refusal:
             self.close()
-            raise ConnectionRefusedError(f"MQTT broker at {host}:{port} refused {username or 'an anonymous client'}: "
+            raise ConnectionRefusedError(f"MQTT broker at {host}:{port} refused {who}: "
                                          f"{self._refusal or 'no answer'}; check the username and password")
 
     def _connected(self, client, userdata, flags, reason_code, properties) -> None:
@@ -40,6 +53,12 @@ class FleetWatcher:
         else:
             client.subscribe(f"{PREFIX}/devices/+/+", qos=1)
         self._connack.set()
+
+    def _closed(self, client, userdata, flags, reason_code, properties) -> None:
+        """Closed before the broker's answer: with TLS 1.3 a refused certificate ends up here."""
+        if not self._connack.is_set():
+            self._refusal = f"connection closed before the broker answered ({reason_code})"
+            self._connack.set()
 
     def close(self) -> None:
         self._client.disconnect()

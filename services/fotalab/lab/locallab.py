@@ -20,7 +20,9 @@ from pathlib import Path
 
 import requests
 
+from ..tlsfiles import TlsFiles
 from .fleetwatch import FleetWatcher
+from .pki import TLS_SERVER, LabCA, mosquitto_tls_listener
 from .provision import SERVER, Credentials, fleet_identities
 
 LAB_RELEASES = """\
@@ -92,11 +94,16 @@ def _stop(process: subprocess.Popen | None) -> None:
 
 @dataclass
 class Broker:
-    """mosquitto with the lab's authentication and ACL; devices are enrolled as they appear."""
+    """mosquitto with the lab's authentication and ACL; devices are enrolled as they appear.
+    With `tls`, a TLS listener on `tls_port` (lab CA certificates, identity = CN, CRL checked);
+    `plaintext` keeps the password listener on `port`."""
 
     root: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
+    tls: bool = False
+    plaintext: bool = True
+    tls_port: int = field(default_factory=free_port)
     _enrolled: set = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -107,14 +114,43 @@ class Broker:
     def password_file(self, identity: str) -> Path:
         return self.credentials / f"{identity}.password"
 
+    @property
+    def ca(self) -> LabCA:
+        return LabCA(self.credentials)
+
+    def tls_files(self, identity: str) -> TlsFiles:
+        found = self.ca.identity(identity)
+        return TlsFiles(found.ca, found.cert, found.key)
+
     def watcher(self, identity: str = SERVER) -> FleetWatcher:
+        if not self.plaintext:
+            return FleetWatcher("127.0.0.1", self.tls_port, tls=self.tls_files(identity))
         return FleetWatcher("127.0.0.1", self.port, username=identity,
                             password=Credentials(self.credentials).password(identity))
+
+    def revoke(self, identity: str) -> None:
+        """Revoke `identity`'s certificate: the CRL refuses its new connections, the ACL's deny
+        cuts off the one it has; both take effect on the broker's reload (SIGHUP)."""
+        with self._lock:
+            self.ca.revoke(identity)
+            Credentials(self.credentials).provision(sorted(self._enrolled))
+            self.process.send_signal(signal.SIGHUP)
+
+    def reissue(self, identity: str) -> None:
+        with self._lock:
+            self.ca.reissue(identity)
+            Credentials(self.credentials).provision(sorted(self._enrolled))
+            self.process.send_signal(signal.SIGHUP)
 
     def enroll(self, identity: str) -> None:
         """Give a new device its credential and make the running broker reload (SIGHUP)."""
         with self._lock:
             if identity in self._enrolled:
+                return
+            if self.tls:
+                self.ca.ensure_identities([identity])
+            if not self.plaintext:
+                self._enrolled.add(identity)
                 return
             Credentials(self.credentials).provision([identity])
             self.process.send_signal(signal.SIGHUP)
@@ -133,18 +169,24 @@ class Broker:
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         self.root.mkdir(parents=True, exist_ok=True)
         conf = self.root / "mosquitto.conf"
+        if self.tls:
+            self.ca.ensure_identities(fleet_identities(0))
         Credentials(self.credentials).provision(fleet_identities(0))
         # started as root (CI), mosquitto would drop to its own user, which cannot read the test's files
-        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous false\nlog_dest stdout\n"
+        conf.write_text("allow_anonymous false\nlog_dest stdout\n"
                         f"{'user root' if os.geteuid() == 0 else ''}\n"
-                        f"password_file {self.credentials}/passwd\nacl_file {self.credentials}/acl\n")
+                        f"password_file {self.credentials}/passwd\nacl_file {self.credentials}/acl\n"
+                        + (f"listener {self.port} 127.0.0.1\n" if self.plaintext else "")
+                        + (mosquitto_tls_listener(self.tls_port, self.ca.identity(TLS_SERVER), bind="127.0.0.1")
+                           if self.tls else ""))
         with (self.root / "mosquitto.log").open("ab") as log:
             self.process = subprocess.Popen([exe, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT,
                                             start_new_session=True)
 
         def accepting() -> bool:
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                socket.create_connection(("127.0.0.1", self.port if self.plaintext else self.tls_port),
+                                         timeout=0.2).close()
                 return True
             except OSError:
                 return False
@@ -193,8 +235,19 @@ class Server:
         self.data_dir = self.data_dir or self.log.with_suffix(".data")
 
     @property
+    def tls(self) -> TlsFiles | None:
+        """With a TLS broker: HTTPS as the lab's update server (fota-server's certificate), MQTT over TLS."""
+        return self.broker.tls_files(SERVER) if self.broker and self.broker.tls else None
+
+    @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    def client_tls(self, identity: str = "") -> dict:
+        """requests' keywords to reach this server: the lab CA, and `identity`'s certificate if named."""
+        if not self.tls:
+            return {}
+        return {"verify": str(self.tls.ca), "cert": self.broker.tls_files(identity).requests_cert if identity else None}
 
     def start(self) -> Server:
         env = {**os.environ, "FOTA_RELEASES_DIR": str(self.releases), "FOTA_SERVER_BIND": f"127.0.0.1:{self.port}",
@@ -203,6 +256,9 @@ class Server:
         if self.broker:
             env.update(FOTA_MQTT_HOST="127.0.0.1", FOTA_MQTT_PORT=str(self.broker.port), FOTA_MQTT_USERNAME=SERVER,
                        FOTA_MQTT_PASSWORD_FILE=str(self.broker.password_file(SERVER)))
+        if self.tls:
+            env.update(self.broker.ca.identity(SERVER).env(), FOTA_TLS_CRL=str(self.broker.ca.identity(SERVER).crl),
+                       FOTA_MQTT_PORT=str(self.broker.tls_port))
         env.update(self.env)
         with self.log.open("ab") as out:
             self.process = subprocess.Popen([sys.executable, "-m", "fotalab.server.main"], env=env, stdout=out,
@@ -212,7 +268,7 @@ class Server:
             if self.process.poll() is not None:
                 raise RuntimeError(f"update server exited with {self.process.returncode}; see {self.log}")
             try:
-                return requests.get(f"{self.url}/healthz", timeout=1).ok
+                return requests.get(f"{self.url}/healthz", timeout=1, **self.client_tls()).ok
             except requests.RequestException:
                 return False
         wait_until(healthy, 20, "update server")
@@ -221,7 +277,8 @@ class Server:
     def ingester(self, *, not_pid: int = 0) -> int:
         """Wait until a worker (other than `not_pid`) ingests MQTT as the server; its pid."""
         def status() -> dict:
-            return requests.get(f"{self.url}/readyz", timeout=2).json()["checks"].get("ingester") or {}
+            answer = requests.get(f"{self.url}/readyz", timeout=2, **self.client_tls())
+            return answer.json()["checks"].get("ingester") or {}
         wait_until(lambda: status().get("connected") and status()["pid"] != not_pid, 20,
                    "the server's MQTT ingester")
         return status()["pid"]
@@ -248,7 +305,11 @@ class Device:
                 "FOTA_FACTORY_DIR": str(self.releases / "factory"), "FOTA_MQTT_HOST": "127.0.0.1",
                 "FOTA_MQTT_PORT": str(self.broker.port), "FOTA_SERVER_URL": self.server.url,
                 "FOTA_RESET_DELAY_S": "0.2", "FOTA_TRIAL_SOAK_S": "0", "FOTA_WATCHDOG_S": "10",
-                **self.env}
+                **(self.tls_env() if self.broker.tls else {}), **self.env}
+
+    def tls_env(self) -> dict[str, str]:
+        """Its own certificate (and no other), the broker's TLS port."""
+        return {**self.broker.ca.identity(self.device_id).env(), "FOTA_MQTT_PORT": str(self.broker.tls_port)}
 
     @property
     def log(self) -> Path:

@@ -1,8 +1,10 @@
 """The lab's certificate authority: who may speak MQTT over TLS and HTTPS, and who no longer may.
 
 One EC P-256 CA, made once and kept. It issues
-  - a server certificate (`tls-server`: serverAuth; SANs: the compose service names the broker
-    and the update server are reached by, `localhost`, `127.0.0.1`), used by both;
+  - server certificates (serverAuth and clientAuth; SANs: the compose service names the broker
+    and the update server are reached by, `localhost`, `127.0.0.1`): the broker's (`tls-server`)
+    and the update server's (`fota-server`, which is also its MQTT identity), each key with
+    its one owner;
   - a client certificate per identity (CN = the identity, clientAuth): each device (`device-N`),
     the update server's MQTT client (`fota-server`), the broker's healthcheck (`fota-health`),
     the operator's CLI (`fota-cli`);
@@ -39,7 +41,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-TLS_SERVER = "tls-server"
+TLS_SERVER = "tls-server"        # the broker's certificate
+UPDATE_SERVER = "fota-server"    # the update server: its HTTPS certificate and its MQTT identity
 CLI = "fota-cli"
 SERVER_NAMES = ("mosquitto", "server", "link", "localhost")
 SERVER_IPS = ("127.0.0.1",)
@@ -166,7 +169,8 @@ class LabCA:
         ca_key, ca_cert = self._ca()
         key = ec.generate_private_key(ec.SECP256R1())
         now = _now()
-        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+        usage = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH] if server else \
+            [ExtendedKeyUsageOID.CLIENT_AUTH]
         builder = (x509.CertificateBuilder()
                    .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
                    .issuer_name(ca_cert.subject).public_key(key.public_key())
@@ -174,7 +178,7 @@ class LabCA:
                    .not_valid_before(not_before or now - dt.timedelta(minutes=5))
                    .not_valid_after(not_after or now + dt.timedelta(days=CERT_DAYS))
                    .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                   .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+                   .add_extension(x509.ExtendedKeyUsage(usage), critical=False)
                    .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
                                   critical=False))
         names = list(sans)
@@ -195,18 +199,19 @@ class LabCA:
         self._save_ledger(ledger)
         return identity
 
-    def ensure_identities(self, clients: Iterable[str], *, server_sans: Iterable[str] | None = None) -> list[str]:
+    def ensure_identities(self, clients: Iterable[str], *, server_sans: Iterable[str] | None = None,
+                          servers: Iterable[str] = (UPDATE_SERVER,)) -> list[str]:
         """Make the CA and every identity that lacks a certificate; returns those issued now.
-        Existing certificates are kept, so a fleet that grows only gets the new ones."""
+        Existing certificates are kept, so a fleet that grows only gets the new ones. `servers`
+        among `clients` also serve TLS (the update server: HTTPS, and MQTT as a client)."""
         self.ensure()
         issued = self._ledger()["issued"]
+        sans = tuple(server_sans or (*SERVER_NAMES, *SERVER_IPS))
         created = []
-        if TLS_SERVER not in issued or not self.identity(TLS_SERVER).cert.exists():
-            self.issue(TLS_SERVER, server=True, sans=server_sans or (*SERVER_NAMES, *SERVER_IPS))
-            created.append(TLS_SERVER)
-        for name in clients:
+        for name in (TLS_SERVER, *clients):
             if name not in issued or not self.identity(name).cert.exists():
-                self.issue(name)
+                serves = name == TLS_SERVER or name in servers
+                self.issue(name, server=serves, sans=sans if serves else ())
                 created.append(name)
         self.write_crl()
         return created
@@ -220,6 +225,12 @@ class LabCA:
 
     def revoked(self) -> set[int]:
         return {int(s) for s in self._ledger()["revoked"]}
+
+    def revoked_identities(self) -> list[str]:
+        """Identities whose current certificate is revoked (not yet reissued)."""
+        ledger = self._ledger()
+        gone = {int(s) for s in ledger["revoked"]}
+        return sorted(name for name, entry in ledger["issued"].items() if int(entry["serial"]) in gone)
 
     def revoke(self, name: str) -> int:
         """Put `name`'s current certificate on the CRL and rewrite every copy; its serial."""
@@ -263,3 +274,14 @@ def _is_ip(text: str) -> bool:
         return True
     except ValueError:
         return False
+
+
+def mosquitto_tls_listener(port: int, server: Identity, *, bind: str = "") -> str:
+    """The broker's TLS listener: a client certificate from the lab CA is required and checked
+    against the CRL; the identity is the certificate's CN (the ACL's %u), and the client id is
+    forced to it, so no client can take another's id or its persistent session."""
+    return "\n".join([
+        f"listener {port} {bind}".rstrip(),
+        f"cafile {server.ca}", f"certfile {server.cert}", f"keyfile {server.key}", f"crlfile {server.crl}",
+        "require_certificate true", "use_identity_as_username true",
+        "use_username_as_clientid true", ""])
