@@ -3,6 +3,7 @@
     fota releases | devices | device <id> | trigger <id>
     fota rollout create <release> [--devices a,b | --hardware H | --group G] [--phases 1,50%] ...
     fota rollout list | show <id> | watch <id> | pause <id> | resume <id> | abort <id>
+    fota controllers add <name> [--hardware H] | list       hawkBit DDI clients (docs/ddi.md)
 
 Readable output by default, JSON with --json. The server is FOTA_SERVER_URL (default
 http://localhost:8000); commands that change state send the bearer token from FOTA_API_TOKEN,
@@ -89,12 +90,21 @@ def render_rollout(rollout: dict) -> str:
     return "\n".join(lines)
 
 
+def share(part: int, whole: int | None) -> str:
+    """part/whole with two decimals, rounded down."""
+    return f" ({int(part * 100 / whole) / 100:.2f} of full)" if whole else ""
+
+
 def release_row(release: dict, default: str) -> dict:
-    """A release with what it costs to download: its image, and each delta from an earlier release."""
+    """A release with what it costs to download: its image, and each delta from an earlier release;
+    for SWUpdate hardware its .swu and each delta .swu, against the whole .swu."""
     image = next((a["length"] for a in release.get("artifacts", []) if a["kind"] == "image"), None)
     deltas = ", ".join(f"{d['length']} from {d['base_version']}" for d in release["deltas"])
+    swu = (release.get("swu") or {}).get("length")
+    swu_deltas = ", ".join(f"{d['length']} from {d['base_version']}{share(d['length'], swu)}"
+                           for d in release.get("swu_deltas") or [])
     return {**release, "default": "*" if release["version"] == default else "", "image_bytes": image,
-            "delta_bytes": deltas}
+            "delta_bytes": deltas, "swu_bytes": swu, "swu_delta_bytes": swu_deltas}
 
 
 def table(rows: list[dict], columns: list[str]) -> str:
@@ -143,6 +153,13 @@ def parser() -> argparse.ArgumentParser:
                                       "`fota chaos --help`)")
     trigger = commands.add_parser("trigger", help="ask one device to check for its update now")
     trigger.add_argument("device_id")
+    controllers = commands.add_parser("controllers", help="hawkBit DDI clients (SWUpdate, RAUC, ...) enrolled as "
+                                                          "devices").add_subparsers(dest="action", required=True,
+                                                                                    metavar="action")
+    add = controllers.add_parser("add", help="enrol a controller and print its TargetToken (shown once)")
+    add.add_argument("name", help="its controllerId, and its device id in the fleet")
+    add.add_argument("--hardware", help="the hardware it runs (default: the server's only one, or its lab hardware)")
+    controllers.add_parser("list", help="enrolled controllers")
 
     rollout = commands.add_parser("rollout", help="staged rollouts").add_subparsers(dest="action", required=True,
                                                                                       metavar="action")
@@ -179,8 +196,22 @@ def run(args: argparse.Namespace, api: Api, out=sys.stdout) -> int:
         else (lambda data, text: print(text, file=out)))
     if args.command == "releases":
         found = api.call("GET", "/releases" + (f"?hardware={args.hardware}" if args.hardware else ""))
-        emit(found, table([release_row(r, found["default_release"]) for r in found["releases"]],
-                          ["hardware", "version", "behaviour", "default", "image_bytes", "delta_bytes"]))
+        rows = [release_row(r, found["default_release"]) for r in found["releases"]]
+        swu = ["swu_bytes", "swu_delta_bytes"] if any(r["swu_bytes"] for r in rows) else []
+        emit(found, table(rows, ["hardware", "version", "behaviour", "default", "image_bytes", "delta_bytes", *swu]))
+    elif args.command == "controllers" and args.action == "add":
+        body = {"name": args.name, **({"hardware": args.hardware} if args.hardware else {})}
+        made = api.call("POST", "/controllers", body)
+        token = made["credentials"]["target_token"]
+        emit(made, "\n".join([
+            f"enrolled controller {made['controller_id']} (hardware {made['hardware']}); point its DDI client at:",
+            f"  base URL   {made['base_url']}", f"  tenant     {made['tenant']}",
+            f"  controller {made['controller_id']}", f"  TargetToken {token}   (shown this once)",
+            f"  try: curl -H 'Authorization: TargetToken {token}' {made['ddi_url']}"]))
+    elif args.command == "controllers":
+        found = api.call("GET", "/controllers")
+        emit(found, table(found["controllers"], ["controller_id", "hardware", "version", "state", "online",
+                                                 "actions"]))
     elif args.command == "devices":
         found = api.call("GET", "/devices" + (f"?state={args.state}" if args.state else ""))
         emit(found, table(found["devices"], ["device_id", "hardware", "version", "state", "online",
