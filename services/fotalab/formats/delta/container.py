@@ -10,7 +10,8 @@ and the body of the bsdiff-style encodings is::
     uvarint new size | uvarint fields (old size, relocation settings, control count)
     | uvarint dictionary size of each stream | uvarint length of each stream | the streams
 
-(``full-lzma``: new size, BCJ filter id, dictionary size, then the one stream). Signed
+(``full-lzma``: new size, BCJ filter id, dictionary size, then the one stream; ``sparse-lzma``:
+new size, old size minus new size, layout, then its op stream, see ``decoder_sparse``). Signed
 values travel zigzag-encoded. Readers of this layout, which check every value because they
 run on hostile input, are in ``decoder`` and ``decoder_streams``.
 """
@@ -26,11 +27,12 @@ FORMAT_VERSION = 1
 HEADER_SIZE = 10  # magic (4), format version (1), encoding id (1), CRC-32 of the rest (4)
 CHUNK = 1 << 16  # output is produced and written in pieces of at most this many bytes
 
-ENCODING_IDS = {"bsdiff-lzma": 1, "thumb-lzma": 2, "aarch64-lzma": 3, "full-lzma": 4, "xtensa-lzma": 5}
+ENCODING_IDS = {"bsdiff-lzma": 1, "thumb-lzma": 2, "aarch64-lzma": 3, "full-lzma": 4, "xtensa-lzma": 5,
+                "sparse-lzma": 6}
 ENCODING_BY_ID = {encoding_id: name for name, encoding_id in ENCODING_IDS.items()}
 # Every encoding, in the order best_delta prefers on a tie ("bsdiff4" has no container).
-ENCODINGS: tuple[str, ...] = ("bsdiff4", "bsdiff-lzma", "thumb-lzma", "aarch64-lzma", "xtensa-lzma",
-                              "full-lzma")
+ENCODINGS: tuple[str, ...] = ("bsdiff4", "bsdiff-lzma", "sparse-lzma", "thumb-lzma", "aarch64-lzma",
+                              "xtensa-lzma", "full-lzma")
 # The relocating encodings and the instruction set each one relocates.
 ENCODING_ARCH = {"thumb-lzma": "thumb", "aarch64-lzma": "aarch64", "xtensa-lzma": "xtensa"}
 
@@ -43,6 +45,16 @@ MAX_CONTROL_TUPLE_BYTES = 30  # upper bound of one varint-encoded control tuple
 MAX_OUTSIDE_STEPS = 1 << 16  # most steps an outside-address map may have
 MIN_SEGMENT = 12  # shortest match a delta may let into the move map (bounds its size)
 BCJ_NONE, BCJ_ARMTHUMB = 0, 1  # filter in front of the full image's LZMA2 stream
+
+# sparse-lzma: ops of a tag each (uvarint of value << 2 | kind). COPY and ADD take ``value + 1``
+# bytes of old at the old position (ADD plus as many bytes of data, bytewise), INSERT takes
+# ``value + 1`` bytes of data, SEEK moves the old position by the zigzag value ``value + 1``.
+OP_COPY, OP_ADD, OP_INSERT, OP_SEEK = 0, 1, 2, 3
+OP_KINDS = 4
+# Layouts of the op stream: as is; one LZMA2 stream of tags and data interleaved; two LZMA2
+# streams, the tags and the data.
+SPARSE_STORED, SPARSE_LZMA, SPARSE_SPLIT = 0, 1, 2
+MIN_DICT_LOG, MAX_DICT_LOG = 12, 26  # sparse-lzma's dictionaries are 2**k bytes, k in this range
 
 # A bsdiff control tuple: copy this many bytes of old + diff, then this many bytes of extra,
 # then move the old position by the (signed) seek.
@@ -71,6 +83,13 @@ def corrupt(what: str) -> DeltaError:
         f"{what}; the delta is corrupt or was made for another base image "
         "- discard it and download it again, or fall back to the full image"
     )
+
+
+def wrong_base(declared: int, have: int) -> DeltaError:
+    """The error for a delta made for a base image of another size."""
+    return DeltaError(
+        f"delta was made for a {declared}-byte base image, this one has {have} bytes; "
+        "ask for a delta from the installed version or for the full image")
 
 
 def max_segments(new_size: int) -> int:

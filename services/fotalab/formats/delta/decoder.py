@@ -35,7 +35,9 @@ from .container import (
     corrupt,
     decode_int64,
     max_segments,
+    wrong_base,
 )
+from .decoder_sparse import apply_sparse
 from .decoder_streams import Bz2Reader, Cursor, LzmaReader, control_tuples
 from .movemap import MoveMap, OutsideMap
 from .relocate import make_relocator
@@ -80,6 +82,8 @@ def apply_delta_to(old: bytes, delta: Delta, write: Write, max_output: int) -> i
     out = _declared_size_writer(counting, new_size)
     if encoding == "full-lzma":
         _apply_full_image(data, cursor, new_size, out)
+    elif encoding == "sparse-lzma":
+        apply_sparse(old, data, cursor, new_size, out)
     else:
         _apply_streams(old, data, cursor, encoding, new_size, out)
     return counting.total
@@ -155,9 +159,7 @@ def _apply_streams(old: bytes, data: bytes, cursor: Cursor, encoding: str, new_s
     control count, three dictionary sizes and three stream lengths, then the streams."""
     old_size = cursor.uvarint()
     if old_size != len(old):
-        raise DeltaError(
-            f"delta was made for a {old_size}-byte base image, this one has {len(old)} bytes; "
-            "ask for a delta from the installed version or for the full image")
+        raise wrong_base(old_size, len(old))
     arch = ENCODING_ARCH.get(encoding)
     if arch:
         min_segment = cursor.uvarint(1 << 32)

@@ -17,6 +17,7 @@ import bsdiff4.format
 from .archdetect import MIN_ARCH_SCORE, arch_score, guess_base
 from .container import BCJ_ARMTHUMB, BCJ_NONE, ENCODING_ARCH, ENCODINGS, IMAGE_DICT, Delta, seal, uvarint
 from .encoder_relocated import encode_relocated
+from .encoder_sparse import encode_sparse
 from .encoder_streams import controls_from_core, lzma_compress, pack_streams
 
 _TUNE_LIMIT = 1 << 20  # images below this size get lc/lp/pb and BCJ trials
@@ -56,6 +57,8 @@ def candidates(old: bytes, new: bytes, only: tuple[str, ...] | None = None) -> l
         out.append(Delta("bsdiff4", patch.getvalue()))
     if "bsdiff-lzma" in wanted:
         out.append(Delta("bsdiff-lzma", pack_streams("bsdiff-lzma", old, new, controls, diff, extra, [], tune)))
+    if "sparse-lzma" in wanted:
+        out.append(Delta("sparse-lzma", encode_sparse(old, new, controls, diff, tune)))
     for encoding in ("thumb-lzma", "aarch64-lzma", "xtensa-lzma"):
         # Relocation only pays on code of that instruction set: skip it elsewhere unless asked.
         arch = ENCODING_ARCH[encoding]

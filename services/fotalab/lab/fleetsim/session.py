@@ -1,0 +1,140 @@
+"""One virtual device's MQTT connection for one boot: aiomqtt on the simulator's event loop.
+
+It behaves as the device's own link (device/mqttlink.py): its own identity (username = device
+id, client id fota-<id>), a persistent session (clean_session False: the broker queues QoS 1
+commands while the device is off), its last will `offline` on its retained status topic,
+`online` once connected, commands taken only from its own command topic and the fleet's.
+Reports leave in the order the device made them, each QoS 1 and awaited; one not
+acknowledged when the connection drops is sent again after reconnecting.
+
+Why aiomqtt: it is maintained, asyncio-native (no thread per client: paho's socket is
+driven by the event loop's add_reader/add_writer) and wraps paho-mqtt, the MQTT
+implementation the devices and the server already use, so sessions, wills and QoS behave
+the same way. gmqtt was the alternative; it has its own protocol implementation and has
+seen no release since 2023.
+
+Power: `stop()` is a clean shutdown (a reboot: `offline` published, DISCONNECT sent);
+`kill()` is a power cut: the socket is shut down without a DISCONNECT, so the broker
+publishes the will at once, as it does when `docker kill` closes a device's socket.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+import time
+
+import aiomqtt
+
+from ...protocol import FLEET_COMMANDS, Presence, device_topic
+
+log = logging.getLogger("fotalab.fleetsim")
+PUBLISH_TIMEOUT_S = 30.0
+
+
+class Session:
+    def __init__(self, device_id: str, host: str, port: int, password: str, *, keepalive_s: int,
+                 on_error=lambda exc: None, on_sent=lambda seconds: None) -> None:
+        self.device_id = device_id
+        self._host, self._port, self._password, self._keepalive = host, port, password, keepalive_s
+        self._on_error, self._on_sent = on_error, on_sent
+        self.commands: asyncio.Queue[dict] = asyncio.Queue()
+        # (topic, payload, retain, time.time() when the device made the report)
+        self.outbox: asyncio.Queue[tuple[str, str, bool, float]] = asyncio.Queue()
+        self.connected = asyncio.Event()
+        self._client: aiomqtt.Client | None = None
+        self._task: asyncio.Task | None = None
+        self._pending: tuple[str, str, bool, float] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"mqtt-{self.device_id}")
+
+    async def _run(self) -> None:
+        status = device_topic(self.device_id, "status")
+        delay = 1.0
+        while True:
+            try:
+                client = aiomqtt.Client(self._host, self._port, identifier=f"fota-{self.device_id}",
+                                        username=self.device_id, password=self._password,
+                                        will=aiomqtt.Will(status, Presence.OFFLINE, qos=1, retain=True),
+                                        clean_session=False, keepalive=self._keepalive, timeout=PUBLISH_TIMEOUT_S)
+                async with client:
+                    self._client = client
+                    await client.subscribe([(device_topic(self.device_id, "cmd"), 1), (FLEET_COMMANDS, 1)])
+                    await client.publish(status, Presence.ONLINE, qos=1, retain=True)
+                    self.connected.set()
+                    delay = 1.0
+                    await self._serve(client)
+            except aiomqtt.MqttError as exc:
+                self._on_error(exc)
+                log.debug("%s: MQTT %s; reconnecting in %.0f s", self.device_id, exc, delay)
+            finally:
+                self.connected.clear()
+                self._client = None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        """Publish the outbox in order while taking commands; returns by raising MqttError."""
+        loop = asyncio.get_running_loop()
+        receiver = loop.create_task(self._receive(client))
+        getter: asyncio.Future | None = None
+        try:
+            while True:
+                if self._pending is None:
+                    getter = loop.create_task(self.outbox.get())
+                    done, _ = await asyncio.wait({receiver, getter}, return_when=asyncio.FIRST_COMPLETED)
+                    if getter not in done:
+                        receiver.result()             # raises the connection's error
+                        raise aiomqtt.MqttError("message iteration ended")
+                    self._pending = getter.result()
+                topic, payload, retain, made = self._pending
+                await client.publish(topic, payload, qos=1, retain=retain)
+                self._pending = None
+                self._on_sent(time.time() - made)        # report made -> acknowledged by the broker
+        finally:
+            receiver.cancel()
+            if getter is not None and not getter.done():
+                getter.cancel()
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            if message.retain:
+                continue                              # commands are never retained
+            try:
+                command = json.loads(message.payload)
+            except ValueError:
+                continue
+            if isinstance(command, dict):
+                self.commands.put_nowait(command)
+
+    async def drained(self, timeout_s: float) -> None:
+        """Wait until every queued report has been acknowledged (or the time is up)."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while (self._pending is not None or not self.outbox.empty()) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        """A reboot: report offline, let the queue drain, disconnect cleanly (no will)."""
+        self.outbox.put_nowait((device_topic(self.device_id, "status"), Presence.OFFLINE, True, time.time()))
+        await self.drained(timeout_s)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await asyncio.wait_for(self._task, timeout_s)
+
+    def kill(self) -> None:
+        """A power cut: the connection just dies, unsent reports with it; the broker sends the will."""
+        client = self._client
+        paho = getattr(client, "_client", None)         # aiomqtt's paho client: the one way to its socket
+        sock = paho.socket() if paho is not None else None
+        gone = getattr(client, "_disconnected", None)   # the error it will hold is expected: retrieve it
+        if isinstance(gone, asyncio.Future):
+            gone.add_done_callback(lambda f: f.cancelled() or f.exception())
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        if self._task is not None:
+            self._task.cancel()
