@@ -195,6 +195,8 @@ class Campaign:
             flash = self.lab.inspect_device(device)
         except subprocess.CalledProcessError as exc:
             return Verdict(device, bricked=False, converged=False, problems=[f"inspect failed: {exc.stderr}"])
+        except (LookupError, RuntimeError) as exc:      # a Swarm slot with no container, its node off
+            return Verdict(device, bricked=False, converged=False, problems=[f"inspect failed: {exc}"])
         verdict = Verdict(device, bricked=not flash["bootable"], converged=False, flash=flash)
         if verdict.bricked:
             verdict.problems.append(f"bricked: {flash['next_boot']}")

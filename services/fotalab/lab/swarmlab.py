@@ -197,8 +197,17 @@ class SwarmLab:
         return self.exec(name, "cat", path).strip()
 
     def inspect_device(self, name: str) -> dict:
-        """The device's flash as its own bootloader reads it (works while it runs)."""
-        return json.loads(self.exec(name, "sh", "-c", f"{DEVICE_ID} exec fota-device inspect"))
+        """The device's flash as its own bootloader reads it (works while it runs). A slot between
+        two containers (Swarm replacing a task) is waited for, and asked again once."""
+        for attempt in range(2):
+            self.start(name)
+            try:
+                return json.loads(self.exec(name, "sh", "-c", f"{DEVICE_ID} exec fota-device inspect"))
+            except (LookupError, subprocess.CalledProcessError):
+                if attempt:
+                    raise
+                time.sleep(3)
+        raise AssertionError("unreachable")
 
     def reset_flash(self, name: str) -> None:
         """Factory flash: freeze the device (no write can land after the erase), erase its
