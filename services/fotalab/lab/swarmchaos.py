@@ -145,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         swarm.create(images)
         groups = groups_for(args.devices, swarm.names)
         stack = Stack("fotalab-swarm", swarm.engines, swarm.names, env={
+            # a 16 kbit/s radio unless told otherwise: downloads last long enough to be cut
+            "FOTA_RADIO_KBPS": os.environ.get("FOTA_RADIO_KBPS") or "16",
             "FOTA_FLEET_SIZE": str(args.devices), "FOTALAB_IMAGE": images[0], "MOSQUITTO_IMAGE": images[1],
             "FOTA_STACK_INFRA_CONSTRAINT": f"node.hostname == {INFRA_NODE}",
             "FOTA_STACK_FIRMWARE_DIR": str(ROOT / "firmware"), "FOTA_STACK_KEYS_DIR": str(ROOT / "keys")})
