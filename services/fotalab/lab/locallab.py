@@ -23,7 +23,7 @@ import requests
 from ..tlsfiles import TlsFiles
 from .fleetwatch import FleetWatcher
 from .pki import TLS_SERVER, LabCA, mosquitto_tls_listener
-from .provision import SERVER, Credentials, fleet_identities
+from .provision import SERVER, SIM_SECRET, Credentials, fleet_identities, sim_device_id, sim_password
 
 LAB_RELEASES = """\
 expires_days = 30
@@ -165,6 +165,23 @@ class Broker:
                     time.sleep(0.05)
             self._enrolled.add(identity)
 
+    def enroll_virtual(self, count: int, directory: Path) -> None:
+        """Identities for `count` virtual devices of fota-fleetsim (their secret in `directory`)."""
+        with self._lock:
+            Credentials(self.credentials).provision(sorted(self._enrolled), sim_devices=count, sim_directory=directory)
+            self.process.send_signal(signal.SIGHUP)
+        secret = (directory / SIM_SECRET).read_text().strip().encode()
+        probe = sim_device_id(count)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                FleetWatcher("127.0.0.1", self.port, username=probe, password=sim_password(secret, probe)).close()
+                return
+            except ConnectionRefusedError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
     def start(self) -> Broker:
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         self.root.mkdir(parents=True, exist_ok=True)
@@ -288,6 +305,46 @@ class Server:
 
 
 @dataclass
+class FleetSim:
+    """`fota-fleetsim` with `devices` virtual devices against a local broker and server."""
+
+    root: Path
+    releases: Path
+    broker: Broker
+    server: Server
+    devices: int
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen | None = None
+
+    @property
+    def status_file(self) -> Path:
+        return self.root / "status.json"
+
+    def start(self) -> FleetSim:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.broker.enroll_virtual(self.devices, self.root / "credentials")
+        env = {**os.environ, "FOTA_SIM_DEVICES": str(self.devices), "FOTA_SIM_FLASH_DIR": str(self.root / "flash"),
+               "FOTA_SIM_CREDENTIALS_DIR": str(self.root / "credentials"),
+               "FOTA_SIM_STATUS_FILE": str(self.status_file),
+               "FOTA_FACTORY_DIR": str(self.releases / "factory"), "FOTA_MQTT_HOST": "127.0.0.1",
+               "FOTA_MQTT_PORT": str(self.broker.port), "FOTA_SERVER_URL": self.server.url,
+               "FOTA_RESET_DELAY_S": "0.2", "FOTA_TRIAL_SOAK_S": "0", **self.env}
+        with (self.root / "fleetsim.log").open("ab") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "fotalab.lab.fleetsim.main", "run"], env=env,
+                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def status(self) -> dict:
+        try:
+            return json.loads(self.status_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def stop(self) -> None:
+        _stop(self.process)
+
+
+@dataclass
 class Device:
     """One simulated device: its flash directory and its supervisor process."""
 
@@ -301,7 +358,8 @@ class Device:
 
     def environment(self) -> dict[str, str]:
         return {**os.environ, "FOTA_DEVICE_ID": self.device_id, "FOTA_FLASH_DIR": str(self.flash_dir),
-                "FOTA_MQTT_PASSWORD_FILE": str(self.broker.password_file(self.device_id)),
+                **({"FOTA_MQTT_PASSWORD_FILE": str(self.broker.password_file(self.device_id))}
+                   if self.broker.plaintext else {}),
                 "FOTA_FACTORY_DIR": str(self.releases / "factory"), "FOTA_MQTT_HOST": "127.0.0.1",
                 "FOTA_MQTT_PORT": str(self.broker.port), "FOTA_SERVER_URL": self.server.url,
                 "FOTA_RESET_DELAY_S": "0.2", "FOTA_TRIAL_SOAK_S": "0", "FOTA_WATCHDOG_S": "10",
