@@ -48,6 +48,7 @@ class SwDeviceConfig:
     factory_dir: Path = Path("/releases/factory")
     ddi_url: str = "http://link:8000"          # the hawkBit DDI server SWUpdate's suricatta polls
     ddi_tenant: str = "DEFAULT"
+    ddi_target_token: str = ""                 # the controller's TargetToken (`fota controllers add`); "": none
     ddi_poll_s: int = 10
     ddi_retries: int = 5                       # suricatta -r: resume an interrupted download this often
     ddi_retry_wait_s: int = 2                  # suricatta -w
@@ -77,6 +78,7 @@ class SwDeviceConfig:
             factory_dir=env.path("FOTA_FACTORY_DIR", d.factory_dir),
             ddi_url=env.text("FOTA_DDI_URL", d.ddi_url),
             ddi_tenant=env.text("FOTA_DDI_TENANT", d.ddi_tenant),
+            ddi_target_token=env.secret("FOTA_DDI_TARGET_TOKEN"),
             ddi_poll_s=env.integer("FOTA_DDI_POLL_S", d.ddi_poll_s, minimum=1),
             ddi_retries=env.integer("FOTA_DDI_RETRIES", d.ddi_retries, minimum=0),
             ddi_retry_wait_s=env.integer("FOTA_DDI_RETRY_WAIT_S", d.ddi_retry_wait_s, minimum=0),
@@ -187,7 +189,8 @@ def supervise(config: SwDeviceConfig) -> int:
 # ---------------------------------------------------------------- firmware
 def swupdate_command(config: SwDeviceConfig, slot: str) -> list[str]:
     suricatta = (f"-t {config.ddi_tenant} -u {config.ddi_url} -i {config.device_id} -p {config.ddi_poll_s} "
-                 f"-r {config.ddi_retries} -w {config.ddi_retry_wait_s}")
+                 f"-r {config.ddi_retries} -w {config.ddi_retry_wait_s}"
+                 + (f" -k {config.ddi_target_token}" if config.ddi_target_token else ""))
     return [config.swupdate, "-B", "grub", "-l", str(config.swupdate_loglevel),
             "-H", f"{config.hardware}:{HARDWARE_REVISION}", "-k", str(config.flash_dir / swboot.SWU_CERT),
             "-e", f"{SELECTION},copy-{other_slot(slot)}",
