@@ -39,7 +39,7 @@ from .container import (
     corrupt,
     wrong_base,
 )
-from .decoder_streams import Cursor, LzmaReader
+from .decoder_streams import Cursor, LzmaReader, read_uvarint
 
 _BLOCK = 4096  # op bytes decompressed at a time
 _OP_NAMES = {OP_COPY: "copy", OP_ADD: "add", OP_INSERT: "insert", OP_SEEK: "seek"}
@@ -76,32 +76,24 @@ class _LzmaOps:
         self.buf = b""
         self.pos = 0
 
-    def _byte(self) -> int | None:
+    def _at_end(self) -> bool:
+        """Whether the stream has ended (refills the buffer when it is used up)."""
         if self.pos >= len(self.buf):
             self.buf = self.reader.read_upto(_BLOCK)
             self.pos = 0
-            if not self.buf:
-                return None
-        byte = self.buf[self.pos]
+        return not self.buf
+
+    def _byte(self) -> int:
+        if self._at_end():
+            raise corrupt(f"truncated {self.label} stream")
         self.pos += 1
-        return byte
+        return self.buf[self.pos - 1]
 
     def tag(self, limit: int) -> int | None:
-        """The next tag (a uvarint of at most 10 bytes and at most ``limit``), None at the end."""
-        value = shift = 0
-        for index in range(10):
-            byte = self._byte()
-            if byte is None:
-                if index:
-                    raise corrupt(f"truncated {self.label} stream")
-                return None
-            value |= (byte & 0x7F) << shift
-            if not byte & 0x80:
-                if value > limit:
-                    raise corrupt(f"value {value} out of range in the {self.label} stream")
-                return value
-            shift += 7
-        raise corrupt(f"overlong varint in the {self.label} stream")
+        """The next tag (a uvarint of at most ``limit``), None at the end of the stream."""
+        if self._at_end():
+            return None
+        return read_uvarint(self._byte, limit, f"the {self.label} stream")
 
     def take(self, n: int) -> bytes:
         """Exactly ``n`` bytes."""

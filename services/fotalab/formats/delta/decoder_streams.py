@@ -9,12 +9,27 @@ from __future__ import annotations
 
 import bz2
 import lzma
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import ClassVar
 
 from .container import BCJ_ARMTHUMB, BCJ_NONE, Control, corrupt
 
 _CONTROL_BLOCK = 4096  # control bytes decompressed at a time
+
+
+def read_uvarint(next_byte: Callable[[], int], limit: int, what: str) -> int:
+    """A LEB128 varint of at most 10 bytes from ``next_byte`` whose value is at most ``limit``
+    (``what`` names the stream in the errors)."""
+    shift = value = 0
+    for _ in range(10):
+        byte = next_byte()
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            if value > limit:
+                raise corrupt(f"value {value} out of range in {what}")
+            return value
+        shift += 7
+    raise corrupt(f"overlong varint in {what}")
 
 
 class Cursor:
@@ -37,20 +52,13 @@ class Cursor:
 
     def uvarint(self, limit: int = 1 << 63) -> int:
         """A varint of at most 10 bytes whose value is at most ``limit``."""
-        shift = 0
-        value = 0
-        for _ in range(10):
-            if self.pos >= self.end:
-                raise corrupt(f"truncated {self.what}")
-            byte = self.buf[self.pos]
-            self.pos += 1
-            value |= (byte & 0x7F) << shift
-            if not byte & 0x80:
-                if value > limit:
-                    raise corrupt(f"value {value} out of range in {self.what}")
-                return value
-            shift += 7
-        raise corrupt(f"overlong varint in {self.what}")
+        return read_uvarint(self._byte, limit, self.what)
+
+    def _byte(self) -> int:
+        if self.pos >= self.end:
+            raise corrupt(f"truncated {self.what}")
+        self.pos += 1
+        return self.buf[self.pos - 1]
 
     def svarint(self, limit: int = 1 << 62) -> int:
         """A zigzag varint whose magnitude is at most about ``limit``."""
@@ -188,14 +196,7 @@ class ControlDecoder:
         return byte
 
     def _uvarint(self) -> int:
-        shift = value = 0
-        for _ in range(10):
-            byte = self._byte()
-            value |= (byte & 0x7F) << shift
-            if not byte & 0x80:
-                return value
-            shift += 7
-        raise corrupt("overlong varint in control stream")
+        return read_uvarint(self._byte, 1 << 63, "control stream")
 
     def next(self) -> Control:
         copy_len = self._uvarint()
