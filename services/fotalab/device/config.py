@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..envconfig import Env
 from ..protocol import ResetReason
+from ..tlsfiles import TlsFiles
 from .flash import FaultPlan
 
 # Variables renamed, current name -> the old one users may still set.
@@ -31,6 +32,7 @@ class DeviceConfig:
     mqtt_username: str = ""
     mqtt_password: str = ""
     server_url: str = "http://server:8000"
+    tls: TlsFiles | None = None        # FOTA_TLS_CA/CERT/KEY: MQTT over TLS and HTTPS, as this certificate's identity
     boot_limit: int = 3                # trial boots the firmware may fail before the bootloader reverts
     power_cut_limit: int = 10          # trial boots cut by power loss before it reverts all the same
     watchdog_s: float = 15.0           # no kick for this long resets the firmware
@@ -84,6 +86,7 @@ class DeviceConfig:
             mqtt_password=env.secret("FOTA_MQTT_PASSWORD") or provisioned_password(
                 env.path("FOTA_CREDENTIALS_DIR", "/credentials"), username),
             server_url=env.text("FOTA_SERVER_URL", d.server_url),
+            tls=TlsFiles.from_env(env),
             boot_limit=env.integer("FOTA_BOOT_LIMIT", d.boot_limit, minimum=1),
             power_cut_limit=env.integer("FOTA_POWER_CUT_LIMIT", d.power_cut_limit, minimum=1),
             watchdog_s=env.number("FOTA_WATCHDOG_S", d.watchdog_s, minimum=0.1),

@@ -56,7 +56,9 @@ def health_check(config: DeviceConfig, behaviour: Behaviour, link: MqttLink) -> 
         return f"could not reach the MQTT broker within {config.health_timeout_s:.0f} s"
     while True:
         try:
-            if requests.get(f"{config.server_url}/healthz", timeout=5).ok:
+            tls = config.tls
+            if requests.get(f"{config.server_url}/healthz", timeout=5, verify=str(tls.ca) if tls else True,
+                            cert=tls.requests_cert if tls else None).ok:
                 break
         except requests.RequestException:
             pass
@@ -100,7 +102,8 @@ def run(config: DeviceConfig, flash: Flash, plan: BootPlan, verifier: Verifier) 
         return fields
 
     link = MqttLink(config.device_id, config.mqtt_host, config.mqtt_port, on_command=commands.put,
-                    describe=describe, username=config.mqtt_username, password=config.mqtt_password)
+                    describe=describe, username=config.mqtt_username, password=config.mqtt_password,
+                    tls=config.tls)
     link.start()
     link.connected.wait(FIRST_REPORT_WAIT_S)
     engine = UpdateEngine(
@@ -108,7 +111,7 @@ def run(config: DeviceConfig, flash: Flash, plan: BootPlan, verifier: Verifier) 
         flash, running, verifier,
         HttpTransport(config.server_url, timeout_s=config.http_timeout_s, chunk_size=config.chunk_size,
                       radio_kbps=config.radio_kbps, min_rate_bps=config.min_rate_bps,
-                      rate_window_s=config.rate_window_s),
+                      rate_window_s=config.rate_window_s, tls=config.tls),
         link, sandboxed_patcher(memory_mb=config.patch_memory_mb, timeout_s=config.patch_timeout_s,
                                 chunk_size=config.chunk_size))
     try:

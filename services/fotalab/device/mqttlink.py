@@ -2,7 +2,9 @@
 
 paho-mqtt with callback API v2. A persistent session (clean_session False) lets the broker
 queue QoS 1 commands while the device is off; paho reconnects by itself and the
-subscriptions are renewed in on_connect, so a broker restart is survived.
+subscriptions are renewed in on_connect, so a broker restart is survived. With `tls` it speaks
+MQTT over TLS: the broker is verified against the lab CA and the device is the identity of its
+certificate (the broker forces the client id to it, so the session is the device's own).
 """
 from __future__ import annotations
 
@@ -15,19 +17,23 @@ from collections.abc import Callable
 import paho.mqtt.client as mqtt
 
 from ..protocol import FLEET_COMMANDS, Presence, device_topic
+from ..tlsfiles import TlsFiles
 
 log = logging.getLogger("fotalab.device.mqttlink")
 
 
 class MqttLink:
     def __init__(self, device_id: str, host: str, port: int, *, on_command: Callable[[dict], None],
-                 describe: Callable[[], dict], username: str = "", password: str = "") -> None:
+                 describe: Callable[[], dict], username: str = "", password: str = "",
+                 tls: TlsFiles | None = None) -> None:
         self.device_id, self._describe, self._on_command = device_id, describe, on_command
         self._host, self._port = host, port
         self.connected = threading.Event()
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"fota-{device_id}",
                                    clean_session=False)
-        if username:
+        if tls is not None:
+            self._client.tls_set_context(tls.client_context())
+        elif username:
             self._client.username_pw_set(username, password)
         self._client.will_set(device_topic(device_id, "status"), Presence.OFFLINE, qos=1, retain=True)
         self._client.reconnect_delay_set(min_delay=1, max_delay=10)

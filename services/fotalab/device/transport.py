@@ -12,6 +12,7 @@ from contextlib import contextmanager
 
 import requests
 
+from ..tlsfiles import TlsFiles
 from .errors import TransportError, UpdateFailed
 
 MAX_MANIFEST_BYTES = 1 << 20     # a signed manifest is a few KiB; more is not one
@@ -24,16 +25,25 @@ class HttpTransport:
 
     A transfer that stalls (no byte for `timeout_s`) or trickles (fewer than `min_rate_bps` on
     average over `rate_window_s`) raises TransportError; the engine retries with backoff and
-    resumes from the journaled offset."""
+    resumes from the journaled offset.
+
+    With `tls` the server is verified against the lab CA (never without) and the device presents
+    its certificate: the server takes the device's identity from it."""
 
     def __init__(self, base_url: str, *, timeout_s: float, chunk_size: int, radio_kbps: float = 0,
-                 min_rate_bps: float = 0, rate_window_s: float = 30) -> None:
+                 min_rate_bps: float = 0, rate_window_s: float = 30, tls: TlsFiles | None = None) -> None:
         self._base = base_url.rstrip("/")
         self._timeout = timeout_s
         self._min_rate, self._window = min_rate_bps, rate_window_s
         self._radio_bytes_s = radio_kbps * 1000 / 8
         self._chunk = min(chunk_size, max(256, int(self._radio_bytes_s))) if radio_kbps else chunk_size
         self._session = requests.Session()
+        self._tls = tls
+        # per request, not on the session: REQUESTS_CA_BUNDLE in the environment would override session.verify
+        self._verify: dict = {}
+        if tls is not None:
+            tls.check()
+            self._verify = {"verify": str(tls.ca), "cert": tls.requests_cert}
 
     def fetch_manifest(self, *, device_id: str, hardware: str, version: str, image_sha256: str) -> bytes | None:
         params = {"device": device_id, "hardware": hardware, "version": version, "image": image_sha256}
@@ -52,7 +62,8 @@ class HttpTransport:
         """Bytes [start, end) of an artifact, never more; a stall longer than the timeout raises."""
         headers = {"Range": f"bytes={start}-{end - 1}"}
         with self._io_errors("download"), self._session.get(f"{self._base}{url_path}", headers=headers,
-                                                            stream=True, timeout=self._timeout) as response:
+                                                            stream=True, timeout=self._timeout,
+                                                            **self._verify) as response:
             if 400 <= response.status_code < 500:
                 raise UpdateFailed(f"the server refuses {url_path} (HTTP {response.status_code}): its release "
                                    "store lacks this signed artifact or holds a damaged copy; re-run the signer")
@@ -86,7 +97,8 @@ class HttpTransport:
     def _get(self, path: str, max_bytes: int, **kwargs: object) -> requests.Response:
         """A small document, read whole but never past `max_bytes`."""
         with self._io_errors("request"), self._session.get(f"{self._base}{path}", stream=True,
-                                                           timeout=self._timeout, **kwargs) as response:
+                                                           timeout=self._timeout, **self._verify,
+                                                           **kwargs) as response:
             if response.status_code >= 500:
                 raise TransportError(f"update server answered {response.status_code}")
             body = bytearray()
@@ -102,9 +114,23 @@ class HttpTransport:
         """The one place where network failures become TransportError, with what happened."""
         try:
             yield
+        except requests.exceptions.SSLError as exc:
+            # a certificate problem, or a stream damaged in transit (a flipped byte fails TLS's integrity
+            # check): either way this attempt is over; the engine retries
+            files = f"CA {self._tls.ca}, certificate {self._tls.cert}" if self._tls else "no TLS files set"
+            raise TransportError(f"{what} failed: TLS error ({_reason(exc)}); the stream was damaged in transit "
+                                 f"or a certificate was refused ({files}): re-provision the device if it "
+                                 "persists") from None
         except requests.RequestException as exc:
             if "timed out" in str(exc):      # a read timeout mid-body surfaces as a ConnectionError
                 raise TransportError(f"{what} stalled: no data for {self._timeout:.0f} s") from None
             lost = isinstance(exc, requests.ConnectionError)
             raise TransportError(f"{what} failed: " + ("update server unreachable or connection lost" if lost
                                  else "the server's answer was malformed") + f" ({exc.__class__.__name__})") from None
+
+
+def _reason(exc: Exception) -> str:
+    """The innermost message of a requests/urllib3 SSL error, short."""
+    while exc.__context__ is not None and not str(exc):
+        exc = exc.__context__
+    return str(exc)[:200]

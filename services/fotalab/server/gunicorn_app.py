@@ -11,8 +11,10 @@ starts its threads on first use.
 from __future__ import annotations
 
 import ctypes
+import ssl
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.workers import gasgi
 from gunicorn.workers.gasgi import ASGIWorker
 from prometheus_client import multiprocess
 
@@ -23,6 +25,7 @@ from .ingest import start_ingestion
 from .live import close_all
 from .logs import JsonLogger
 from .registry import Registry
+from .tlsauth import PeerProtocol
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3        # glibc <malloc.h>
 
@@ -68,8 +71,21 @@ class GunicornServer(BaseApplication):
                     # no gunicornc socket: every server on a host would share ~/.gunicorn/gunicorn.ctl
                     "control_socket_disable": True,
                     "post_worker_init": self._post_worker_init, "child_exit": self._child_exit}
+        if config.tls:
+            settings.update(self._tls_settings())
         for key, value in settings.items():
             self.cfg.set(key, value)
+
+    def _tls_settings(self) -> dict:
+        """HTTPS in gunicorn itself: our certificate, the lab CA for clients' certificates, which are
+        optional at the handshake (a browser on the dashboard has none) and checked against the
+        CRL; tlsauth.py decides per request. The worker's protocol puts the peer in the scope."""
+        tls, crl = self._config.tls, self._config.tls_crl
+        tls.check()
+        gasgi.ASGIProtocol = PeerProtocol      # the one name gasgi's worker builds its protocol from
+        return {"certfile": str(tls.cert), "keyfile": str(tls.key), "ca_certs": str(tls.ca),
+                "cert_reqs": ssl.CERT_OPTIONAL,
+                "ssl_context": lambda conf, default: tls.server_context(crl=crl, require_client=False)}
 
     def load(self):
         keep_block_memory()

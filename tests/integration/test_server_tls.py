@@ -1,0 +1,132 @@
+"""The update server over HTTPS with client certificates (real gunicorn, lab CA): the device's
+identity comes from its certificate, another identity is 403, revocation within 10 s, and a
+device updates over TLS end to end (MQTT over TLS, HTTPS through the server)."""
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+import time
+
+import pytest
+import requests
+
+from fotalab.lab import locallab
+from fotalab.lab.fleetwatch import FleetWatcher
+from fotalab.lab.pki import LabCA
+from fotalab.lab.provision import SERVER
+
+pytestmark = pytest.mark.integration
+MANIFEST = {"hardware": "fotalab-m4", "version": "1.0.0"}
+TOKEN = "tls-test-token"
+
+
+@pytest.fixture(scope="module")
+def lab(release_store, tmp_path_factory):
+    root = tmp_path_factory.mktemp("tls-lab")
+    broker = locallab.Broker(root / "broker", tls=True, plaintext=False).start()
+    broker.ca.ensure_identities(["device-1", "device-2", "device-3", "fota-cli"])
+    server = locallab.Server(release_store, root / "server.log", broker=broker,
+                             env={"FOTA_API_TOKEN": TOKEN}).start()
+    yield broker, server
+    server.stop()
+    broker.stop()
+
+
+def get(server, path: str, identity: str = "", **kwargs) -> requests.Response:
+    return requests.get(f"{server.url}{path}", timeout=10, **server.client_tls(identity), **kwargs)
+
+
+def test_a_device_gets_its_manifest_by_its_certificate_alone(lab):
+    _, server = lab
+    answer = get(server, "/api/v1/manifest", "device-1", params=MANIFEST)
+    assert answer.status_code == 200 and answer.json()["update"]
+    assert get(server, "/api/v1/manifest", "device-1", params={**MANIFEST, "device": "device-1"}).status_code == 200
+
+
+def test_device_1_asking_as_device_2_is_forbidden(lab):
+    _, server = lab
+    answer = get(server, "/api/v1/manifest", "device-1", params={**MANIFEST, "device": "device-2"})
+    assert answer.status_code == 403 and "device-1" in answer.json()["error"]
+    assert get(server, "/api/v1/devices/device-2/assignment", "device-1").status_code == 403
+    assert get(server, "/api/v1/devices/device-1/assignment", "device-1").status_code != 403
+
+
+@pytest.mark.skipif(importlib.util.find_spec("fotalab.server.ddi") is None, reason="no DDI endpoints in this tree")
+def test_device_1_asking_for_device_2s_ddi_resources_is_forbidden(lab):
+    _, server = lab
+    assert get(server, "/DEFAULT/controller/v1/device-2", "device-1").status_code == 403
+
+
+def test_the_manifest_needs_a_client_certificate(lab):
+    _, server = lab
+    answer = get(server, "/api/v1/manifest", params={**MANIFEST, "device": "device-1"})
+    assert answer.status_code == 403 and "FOTA_TLS_CERT" in answer.json()["error"]
+
+
+def test_a_devices_certificate_is_refused_on_the_apis_write_endpoints_even_with_the_token(lab):
+    _, server = lab
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    answer = requests.put(f"{server.url}/api/v1/devices/device-1/assignment", json={"version": "2.0.0"},
+                          headers=bearer, timeout=10, **server.client_tls("device-1"))
+    assert answer.status_code == 403
+    operator = requests.put(f"{server.url}/api/v1/devices/device-1/assignment", json={"version": "2.0.0"},
+                            headers=bearer, timeout=10, **server.client_tls("fota-cli"))
+    assert operator.status_code < 300, operator.text
+    requests.delete(f"{server.url}/api/v1/devices/device-1/assignment", headers=bearer, timeout=10,
+                    **server.client_tls("fota-cli")).raise_for_status()
+
+
+def test_the_dashboard_and_reads_work_over_https_without_a_client_certificate(lab):
+    _, server = lab
+    assert get(server, "/").status_code == 200
+    assert get(server, "/api/v1/devices").status_code == 200
+
+
+def test_refused_in_the_handshake_a_foreign_ca_and_an_expired_certificate_and_plain_http(lab, tmp_path):
+    broker, server = lab
+    foreign = LabCA(tmp_path / "elsewhere", name="not the lab CA")
+    foreign.ensure_identities(["device-1"])
+    stranger = foreign.identity("device-1")
+    with pytest.raises(requests.exceptions.ConnectionError):   # TLS 1.3: an alert after the handshake
+        requests.get(f"{server.url}/api/v1/manifest", params=MANIFEST, timeout=10, verify=str(broker.ca.ca_cert_path),
+                     cert=(str(stranger.cert), str(stranger.key)))
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
+    old = broker.ca.issue("device-expired", not_before=past - dt.timedelta(days=30), not_after=past)
+    with pytest.raises(requests.exceptions.ConnectionError):   # TLS 1.3: an alert after the handshake
+        requests.get(f"{server.url}/api/v1/manifest", params=MANIFEST, timeout=10, verify=str(old.ca),
+                     cert=(str(old.cert), str(old.key)))
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.get(f"http://127.0.0.1:{server.port}/healthz", timeout=10)
+
+
+def test_a_revoked_certificate_is_refused_within_10_s_and_a_reissued_one_works(lab):
+    broker, server = lab
+    session = requests.Session()         # one kept-alive connection, made before the revocation
+    assert session.get(f"{server.url}/api/v1/manifest", params=MANIFEST, timeout=10,
+                       **server.client_tls("device-3")).status_code == 200
+    broker.revoke("device-3")
+    revoked_at = time.monotonic()
+    while session.get(f"{server.url}/api/v1/manifest", params=MANIFEST, timeout=10,
+                      **server.client_tls("device-3")).status_code != 403:
+        assert time.monotonic() - revoked_at < 10, "the server still serves a revoked certificate after 10 s"
+        time.sleep(0.5)
+    assert get(server, "/api/v1/manifest", "device-3", params=MANIFEST).status_code == 403   # a new connection too
+    broker.reissue("device-3")
+    assert get(server, "/api/v1/manifest", "device-3", params=MANIFEST).status_code == 200
+
+
+def test_a_device_updates_over_tls_end_to_end(lab, release_store, tmp_path):
+    broker, server = lab
+    device = locallab.Device("device-1", tmp_path / "flash", release_store, broker, server)
+    device.flash_dir.mkdir(parents=True)
+    assert "FOTA_MQTT_PASSWORD" not in str(device.tls_env())
+    with FleetWatcher("127.0.0.1", broker.tls_port, tls=broker.tls_files(SERVER)) as fleet:
+        try:
+            device.start()
+            fleet.wait_for(lambda f: f.states.get("device-1", {}).get("state") == "running", 60, "first boot")
+            fleet.command(["device-1"], {"cmd": "update"})
+            fleet.wait_for(lambda f: f.states.get("device-1", {}).get("state") == "committed", 120,
+                           "commit of 2.0.0 over TLS")
+            assert fleet.states["device-1"]["version"] == "2.0.0"
+        finally:
+            device.power_cut()

@@ -1,0 +1,117 @@
+"""tlsauth: what a client certificate allows (Flask side), the CRL re-read as it changes, and the
+TLS settings each service reads (FOTA_TLS_CA/CERT/KEY)."""
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+from flask import Blueprint, Flask
+
+from fotalab.device.config import DeviceConfig
+from fotalab.envconfig import ConfigError, Env
+from fotalab.lab.pki import LabCA
+from fotalab.server.config import ServerConfig
+from fotalab.server.errors import ServerError
+from fotalab.server.tlsauth import (
+    IDENTITY,
+    PEER,
+    ClientCertificates,
+    Revocations,
+    require_own_identity,
+    token_needs_tls,
+)
+from fotalab.tlsfiles import TlsFiles
+
+
+@pytest.fixture
+def client():
+    app = Flask("t")
+    api = Blueprint("api", __name__, url_prefix="/api/v1")
+    api.get("/manifest", endpoint="manifest")(lambda: "manifest")
+    api.get("/devices/<device_id>/assignment", endpoint="get_assignment")(lambda device_id: "assignment")
+    api.put("/devices/<device_id>/assignment", endpoint="put_assignment")(lambda device_id: "put")
+    app.register_blueprint(api)
+    app.get("/DEFAULT/controller/v1/<controller_id>", endpoint="ddi")(lambda controller_id: "ddi")
+    app.before_request(require_own_identity)
+    app.register_error_handler(ServerError, lambda exc: (str(exc), exc.status))
+    test = app.test_client()
+
+    def call(path: str, identity: str | None, method: str = "GET"):
+        scope = {IDENTITY: identity} if identity else {}
+        return test.open(path, method=method, environ_overrides={"asgi.scope": scope})
+    return call
+
+
+def test_a_device_certificate_may_name_only_itself(client):
+    assert client("/api/v1/manifest?device=device-1", "device-1").status_code == 200
+    assert client("/api/v1/manifest", "device-1").status_code == 200
+    assert client("/api/v1/manifest?device=device-2", "device-1").status_code == 403
+    assert client("/api/v1/manifest?device=device-1&device=device-2", "device-1").status_code == 403
+    assert client("/api/v1/devices/device-2/assignment", "device-1").status_code == 403
+    assert client("/api/v1/devices/device-1/assignment", "device-1").status_code == 200
+    assert client("/DEFAULT/controller/v1/device-2", "device-1").status_code == 403
+    assert client("/DEFAULT/controller/v1/device-1", "device-1").status_code == 200
+
+
+def test_the_manifest_needs_a_certificate_and_writes_never_take_a_devices(client):
+    answer = client("/api/v1/manifest?device=device-1", None)
+    assert answer.status_code == 403 and b"FOTA_TLS_CERT" in answer.data
+    assert client("/api/v1/devices/device-1/assignment", None).status_code == 200      # operators' reads
+    assert client("/api/v1/devices/device-1/assignment", "device-1", "PUT").status_code == 403
+    assert client("/api/v1/devices/device-1/assignment", "fota-cli", "PUT").status_code == 200
+    assert client("/api/v1/devices/device-2/assignment", "fota-cli").status_code == 200
+
+
+def test_the_token_needs_tls():
+    app = Flask("t")
+    with app.test_request_context("/", base_url="http://x"):
+        from flask import request
+        assert "only over TLS" in token_needs_tls(request)
+    with app.test_request_context("/", base_url="https://x"):
+        from flask import request
+        assert token_needs_tls(request) is None
+
+
+def test_revocations_follow_the_crl_file(tmp_path):
+    ca = LabCA(tmp_path / "ca")
+    ca.ensure_identities(["device-1"])
+    revocations = Revocations(ca.crl_path, every_s=0)
+    serial = ca.serial("device-1")
+    assert not revocations.revoked(serial)
+    ca.revoke("device-1")
+    os.utime(ca.crl_path, ns=(1, 1))       # a new stamp even within the file system's time granularity
+    assert revocations.revoked(serial)
+    assert not Revocations(None).revoked(serial)
+
+
+def test_a_revoked_peer_gets_403_before_the_app_runs(tmp_path):
+    ca = LabCA(tmp_path / "ca")
+    ca.ensure_identities(["device-1", "device-2"])
+    ca.revoke("device-1")
+    seen, sent = [], []
+
+    async def app(scope, receive, send):
+        seen.append(scope.get(IDENTITY))
+
+    async def send(message):
+        sent.append(message)
+
+    layer = ClientCertificates(app, ca.crl_path)
+    asyncio.run(layer({"type": "http", PEER: ("device-1", ca.serial("device-1"))}, None, send))
+    assert sent[0]["status"] == 403 and b"revoked" in sent[1]["body"] and seen == []
+    asyncio.run(layer({"type": "http", PEER: ("device-2", ca.serial("device-2"))}, None, send))
+    assert seen == ["device-2"]
+
+
+def test_services_read_their_tls_files_from_the_environment(tmp_path):
+    files = {"FOTA_TLS_CA": "/c/ca.pem", "FOTA_TLS_CERT": "/c/cert.pem", "FOTA_TLS_KEY": "/c/key.pem"}
+    assert DeviceConfig.from_env(Env({"FOTA_DEVICE_ID": "device-1", **files})).tls == TlsFiles(
+        *(__import__("pathlib").Path(v) for v in files.values()))
+    assert DeviceConfig.from_env(Env({"FOTA_DEVICE_ID": "device-1"})).tls is None
+    server = ServerConfig.from_env(Env({**files, "FOTA_TLS_CRL": "/c/crl.pem"}))
+    assert server.tls.cert.name == "cert.pem" and server.tls_crl.name == "crl.pem"
+    with pytest.raises(ConfigError, match="FOTA_TLS_KEY"):
+        TlsFiles.from_env(Env({"FOTA_TLS_CA": "/c/ca.pem", "FOTA_TLS_CERT": "/c/cert.pem"}))
+    with pytest.raises(ConfigError, match="without FOTA_TLS_CA"):
+        TlsFiles.from_env(Env({"FOTA_TLS_CERT": "/c/cert.pem", "FOTA_TLS_KEY": "/c/key.pem"}))
