@@ -19,6 +19,7 @@ import re
 import subprocess
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 SERVICE_LABEL = "com.docker.swarm.service.name"
 TASK_LABEL = "com.docker.swarm.task.name"
@@ -49,6 +50,15 @@ def stacks(docker: tuple[str, ...] = LOCAL) -> list[str]:
         if service.startswith(f"{stack}_device"):
             found.add(stack)
     return sorted(found)
+
+
+def started_epoch(text: str) -> float | None:
+    """Docker's StartedAt (RFC 3339 with nanoseconds, UTC) as a Unix time."""
+    match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?Z", text)
+    if not match:
+        return None
+    whole = datetime.strptime(match[1], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp()
+    return whole + float(f"0.{match[2] or 0}")
 
 
 @dataclass
@@ -181,13 +191,19 @@ class SwarmLab:
         node, cid = self.locate(name)
         self.docker(node, "kill", cid)
 
-    def start(self, name: str) -> None:
-        """Power back on: Swarm does it by itself; wait (bounded) until the slot runs again."""
+    def start(self, name: str) -> float | None:
+        """Power back on: Swarm does it by itself (after its restart delay), perhaps before anyone
+        asks. Waits (bounded) until the slot runs again; returns when its container started."""
         deadline = time.monotonic() + self.restart_timeout_s
         while time.monotonic() < deadline:
-            if self.running(name):
-                return
-            time.sleep(0.5)
+            try:
+                node, cid = self.locate(name)
+            except LookupError:
+                time.sleep(0.5)
+                continue
+            started = self.docker(node, "inspect", "-f", "{{.State.StartedAt}}", cid, check=False).stdout.strip()
+            return started_epoch(started)
+        return None
 
     def exec(self, name: str, *command: str, timeout: float = 60) -> str:
         node, cid = self.locate(name)
