@@ -64,7 +64,7 @@ class _StoredOps:
 
     def finish(self) -> None:
         if self.cursor.pos != self.cursor.end:
-            raise corrupt("op stream has data the ops do not use")
+            raise corrupt("op stream has more data than the ops use")
 
 
 class _LzmaOps:
@@ -91,21 +91,39 @@ class _LzmaOps:
 
     def tag(self, limit: int) -> int | None:
         """The next tag (a uvarint of at most ``limit``), None at the end of the stream."""
+        if self.pos < len(self.buf) and self.buf[self.pos] < 0x80 <= limit:  # one byte: most tags
+            self.pos += 1
+            return self.buf[self.pos - 1]
         if self._at_end():
             return None
         return read_uvarint(self._byte, limit, f"the {self.label} stream")
 
     def take(self, n: int) -> bytes:
         """Exactly ``n`` bytes."""
-        have = self.buf[self.pos:self.pos + n]
-        self.pos += len(have)
-        if len(have) == n:
-            return have
-        return have + self.reader.read(n - len(have))
+        end = self.pos + n
+        if end <= len(self.buf):
+            self.pos = end
+            return self.buf[end - n:end]
+        parts = [self.buf[self.pos:]]
+        need = n - len(parts[0])
+        self.buf, self.pos = b"", 0
+        if need >= _BLOCK:
+            return parts[0] + self.reader.read(need)
+        while need:
+            block = self.reader.read_upto(_BLOCK)
+            if not block:
+                raise corrupt(f"{self.label} stream ended early")
+            if len(block) >= need:
+                parts.append(block[:need])
+                self.buf, self.pos = block, need
+                break
+            parts.append(block)
+            need -= len(block)
+        return b"".join(parts)
 
     def finish(self) -> None:
         if self.pos != len(self.buf):
-            raise corrupt(f"{self.label} stream has data the ops do not use")
+            raise corrupt(f"{self.label} stream has more data than the ops use")
         self.reader.finish()
 
 
