@@ -150,11 +150,16 @@ class Stack:
     def remove(self, volumes: bool) -> None:
         self.lab.manager("stack", "rm", self.name, timeout=120)
         nodes = list(self.engines) or [None]
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:     # containers and the network go asynchronously
-            left = [n for n in nodes if self.lab.docker(n, "ps", "-aq", "--filter", f"label={STACK_LABEL}={self.name}",
-                                                        check=False).stdout.strip()]
-            if not left:
+        deadline = time.monotonic() + 60
+        while True:     # containers and the network go asynchronously
+            left = {n: self.lab.docker(n, "ps", "-aq", "--filter", f"label={STACK_LABEL}={self.name}",
+                                       check=False).stdout.split() for n in nodes}
+            if not any(left.values()):
+                break
+            if time.monotonic() > deadline:
+                # a completed job's container outlives `docker stack rm` (Engine 20.10): remove it
+                for node, containers in left.items():
+                    self.lab.docker(node, "rm", "-f", *containers, check=False)
                 break
             time.sleep(1)
         if volumes:
