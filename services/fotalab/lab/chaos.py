@@ -1,4 +1,8 @@
-"""Chaos campaign against the running compose lab: seeded `docker kill`s, then a verdict.
+"""Chaos campaign against the running lab, compose or Swarm stack: seeded `docker kill`s, then a verdict.
+
+The lab is the compose project (containers found by compose's labels) or, with --stack or when
+only a stack runs here, a Swarm stack (lab/swarmlab.py: containers found by Swarm's labels; a
+killed task's container is started again by Swarm, on the same slot, with the same flash).
 
 `scripts/chaos` (see --help) triggers the update on every device, then, on a seeded random
 schedule, cuts the power of a random device (`docker kill`) in whatever phase it is
