@@ -133,8 +133,8 @@ class Device:
         self.log = work / "device.log"
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> None:
-        env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO / "services"), "FOTA_DEVICE_ID": "sw-1",
+    def start(self, **extra_env: str) -> None:
+        env = {**extra_env, "PATH": os.environ["PATH"], "PYTHONPATH": str(REPO / "services"), "FOTA_DEVICE_ID": "sw-1",
                "FOTA_HARDWARE": "swupdate-arm64", "FOTA_FLASH_DIR": f"{ROOT_IN_NS}/flash",
                "FOTA_FLASH_BACKING": f"{ROOT_IN_NS}/backing", "FOTA_FACTORY_DIR": f"{ROOT_IN_NS}/store/factory",
                "FOTA_DDI_URL": self.ddi.url, "FOTA_DDI_POLL_S": "1", "FOTA_TRIAL_SOAK_S": "3",

@@ -26,7 +26,7 @@ from ..formats.rotation import CHAIN_NAME
 from ..formats.signing import Signer
 from .fwgen import firmware_versions
 from .releases import ReleasePlan, ReleaseSpec
-from .swu import PUBLISHED_CERT, SwuSigner, add_swu_releases
+from .swu import DEVICE_FLASH_DIR, PUBLISHED_CERT, SwuSigner, add_swu_releases
 
 INDEX = "index.json"
 INDEX_FORMAT = 1
@@ -98,10 +98,11 @@ def payloads_for(plan: ReleasePlan, hardware: str, firmware_dir: Path) -> dict[s
 
 def build_releases(plan: ReleasePlan, signer: Signer, firmware_dir: Path, out: Path,
                    now: datetime | None = None, rotations: list[bytes] = (),
-                   swu_signer: SwuSigner | None = None) -> BuildReport:
+                   swu_signer: SwuSigner | None = None, swu_flash_dir: str = DEVICE_FLASH_DIR) -> BuildReport:
     """Build every release; `rotations` (oldest first) are published as key-rotations.json so
     devices provisioned with an earlier key can follow the chain to the current one. With a
-    `swu_signer`, hardware of format "swupdate" also gets .swu files (signer/swu.py)."""
+    `swu_signer`, hardware of format "swupdate" also gets .swu files (signer/swu.py), naming the
+    slots under `swu_flash_dir`, where SWUpdate devices see their flash."""
     now = now or datetime.now(UTC)
     store = ReleaseStore(out)
     previous = store.previous_index()
@@ -167,7 +168,7 @@ def build_releases(plan: ReleasePlan, signer: Signer, firmware_dir: Path, out: P
         if swu_signer is not None and plan.hardware[hardware].format == "swupdate":
             swu = add_swu_releases(store, hardware, built, swu_signer,
                                    {v: r for (h, v), r in old_releases.items() if h == hardware},
-                                   max_deltas=plan.max_deltas, report=report)
+                                   max_deltas=plan.max_deltas, report=report, flash_dir=swu_flash_dir)
             for entry in index_releases:
                 if entry["hardware"] == hardware:
                     entry.update(swu[entry["version"]])

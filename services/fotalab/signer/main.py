@@ -17,7 +17,7 @@ from ..formats.signing import ALGORITHMS
 from .build import build_releases
 from .keys import ensure_keys, rotate_keys, rotation_chain
 from .releases import ReleaseListError, load_plan
-from .swu import ensure_swu_signer
+from .swu import DEVICE_FLASH_DIR, ensure_swu_signer
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,7 @@ class SignerConfig:
     keys_dir: Path = Path("/keys")
     releases_dir: Path = Path("/releases")
     key_algorithm: str = "rsa-pss-3072"
+    swu_flash_dir: str = DEVICE_FLASH_DIR      # where SWUpdate devices see their flash (slot paths in the .swu)
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> SignerConfig:
@@ -34,7 +35,8 @@ class SignerConfig:
         return cls(firmware_dir=env.path("FOTA_FIRMWARE_DIR", d.firmware_dir),
                    keys_dir=env.path("FOTA_KEYS_DIR", d.keys_dir),
                    releases_dir=env.path("FOTA_RELEASES_DIR", d.releases_dir),
-                   key_algorithm=env.choice("FOTA_KEY_ALGORITHM", d.key_algorithm, ALGORITHMS))
+                   key_algorithm=env.choice("FOTA_KEY_ALGORITHM", d.key_algorithm, ALGORITHMS),
+                   swu_flash_dir=env.text("FOTA_SWU_FLASH_DIR", d.swu_flash_dir))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fota-signer: {'created' if swu_created else 'using'} the SWUpdate signing certificate in "
               f"{config.keys_dir}")
     report = build_releases(plan, signer, config.firmware_dir, config.releases_dir,
-                            rotations=rotation_chain(config.keys_dir), swu_signer=swu_signer)
+                            rotations=rotation_chain(config.keys_dir), swu_signer=swu_signer,
+                            swu_flash_dir=config.swu_flash_dir)
     for line in report.built:
         print(f"  built  {line}")
     print(f"fota-signer: {len(report.built)} built, {len(report.reused)} reused, "
