@@ -44,6 +44,17 @@ class ServerConfig:
         return min(self.streams, self.threads // 2)
 
     @property
+    def ddi_seen_s(self) -> int:
+        """How stale a DDI controller's last_seen may get: a poll writes it at most this often (one
+        SQLite write per poll would serialise every worker at 1,000 polls a second)."""
+        return max(self.ddi_poll_s, 10)
+
+    @property
+    def ddi_offline_s(self) -> int:
+        """A controller silent this long is offline (three missed polls, and never below ddi_seen_s)."""
+        return 3 * self.ddi_seen_s
+
+    @property
     def ddi_sleep(self) -> str:
         """config.polling.sleep as hawkBit writes it: HH:MM:SS."""
         return f"{self.ddi_poll_s // 3600:02d}:{self.ddi_poll_s // 60 % 60:02d}:{self.ddi_poll_s % 60:02d}"

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hmac
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from urllib.parse import quote
 
@@ -39,7 +40,7 @@ from .artifacts import Artifact
 from .ddi_feedback import Effect, Feedback, cancel_effect, deployment_effect, parse_config_data, parse_feedback
 from .ddi_store import HISTORY_LIMIT, Action, ActionStatus, DdiStore, PollView, token_hash
 from .errors import ControllerUnauthorized, Gone, InvalidRequest, NotFound, ServerError
-from .services import services
+from .services import Services, services
 
 MAX_BODY = 64 * 1024
 PART = "os"                     # the chunk's part: hawkBit's software module type for a firmware image
@@ -61,33 +62,45 @@ def store() -> DdiStore:
     return DdiStore(services().registry)
 
 
-@blueprint.errorhandler(ServerError)
-def ddi_error(exc: ServerError) -> tuple[Response, int]:
+def exception_info(exc: ServerError) -> dict:
+    """hawkBit's error body (ExceptionInfo) for an error."""
     exception_class, code = EXCEPTIONS.get(exc.status, (f"fotalab.server.errors.{type(exc).__name__}",
                                                         f"fotalab.ddi.{type(exc).__name__}"))
-    response = jsonify(exceptionClass=exception_class, errorCode=code, message=str(exc))
+    return {"exceptionClass": exception_class, "errorCode": code, "message": str(exc)}
+
+
+@blueprint.errorhandler(ServerError)
+def ddi_error(exc: ServerError) -> tuple[Response, int]:
+    response = jsonify(exception_info(exc))
     response.headers.update(exc.headers())
     return response, exc.status
+
+
+def check_tenant(found: Services, tenant: str) -> None:
+    if tenant.lower() != found.config.ddi_tenant.lower():
+        raise NotFound(f"no tenant {tenant[:40]!r}: this server's DDI tenant is {found.config.ddi_tenant!r} "
+                       "(FOTA_DDI_TENANT)")
 
 
 @blueprint.url_value_preprocessor
 def known_tenant(endpoint: str | None, values: dict | None) -> None:
     g.tenant = (values or {}).pop("tenant", "")
-    if g.tenant.lower() != services().config.ddi_tenant.lower():
-        raise NotFound(f"no tenant {g.tenant[:40]!r}: this server's DDI tenant is {services().config.ddi_tenant!r} "
-                       "(FOTA_DDI_TENANT)")
+    check_tenant(services(), g.tenant)
 
 
-def authorized(controller_id: str) -> PollView:
+def authorized(controller_id: str, found: Services | None = None, authorization: str | None = None) -> PollView:
     """The controller, if the request carries its TargetToken (or the tenant's GatewayToken)."""
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    found = found or services()
+    if authorization is None:
+        authorization = request.headers.get("Authorization", "")
+    scheme, _, token = authorization.partition(" ")
     scheme, token = scheme.lower(), token.strip()
     if scheme not in ("targettoken", "gatewaytoken") or not token:
         raise ControllerUnauthorized("send 'Authorization: TargetToken <token>': `fota controllers add` prints a "
                                      "controller's token when it enrols it")
-    view = store().poll_view(controller_id)
+    view = DdiStore(found.registry).poll_view(controller_id)
     if scheme == "gatewaytoken":
-        gateway = services().config.ddi_gateway_token
+        gateway = found.config.ddi_gateway_token
         if not gateway or not hmac.compare_digest(token.encode(), gateway.encode()):
             raise ControllerUnauthorized("wrong GatewayToken" if gateway else
                                          "this server takes no GatewayToken (FOTA_DDI_GATEWAY_TOKEN is not set): "
@@ -107,8 +120,9 @@ def base_url() -> str:
     return services().config.public_url or request.host_url.rstrip("/")
 
 
-def controller_url(controller_id: str) -> str:
-    return f"{base_url()}/{quote(g.tenant, safe='')}/controller/v1/{quote(controller_id, safe='')}"
+def controller_url(controller_id: str, base: str | None = None, tenant: str | None = None) -> str:
+    base, tenant = base or base_url(), g.tenant if tenant is None else tenant
+    return f"{base}/{quote(tenant, safe='')}/controller/v1/{quote(controller_id, safe='')}"
 
 
 def known_action(controller_id: str, action_id: int) -> Action:
@@ -126,10 +140,10 @@ def request_body() -> object:
     return request.get_json(force=True, silent=True)
 
 
-def ddi_artifact(hardware: str, version: str) -> Artifact | None:
+def ddi_artifact(hardware: str, version: str, found: Services | None = None) -> Artifact | None:
     """What a controller of `hardware` installs for `version`: the release's .swu where the signer
     built one (SWUpdate hardware), else its signed image."""
-    index = services().index.get()
+    index = (found or services()).index.get()
     release = index.release(hardware, version)
     if release is None:
         return None
@@ -143,33 +157,46 @@ def newer(version: str, running: str | None) -> bool:
         return True                     # a version the lab cannot compare: the client decides
 
 
-def current_action(view: PollView, now: float) -> Action | None:
+class WriteNeeded(Exception):
+    """A poll asked not to write (on the event loop: ddi_polls.py) would have to."""
+
+
+def current_action(found: Services, view: PollView, now: float, writes: bool = True) -> Action | None:
     """The action to show on this poll: the open one (cancelled when its release is no longer
     wanted), or a new one when an offer is due (the module docstring says when)."""
-    config, action = services().config, view.action
+    config, action, controllers = found.config, view.action, DdiStore(found.registry)
     if action is not None:
         wanted = view.assigned or (config.default_release if action.source == "default" else None)
         if action.status == ActionStatus.RUNNING and not action.cancel_rejected and wanted != action.version:
-            store().cancel(action, now)
+            if not writes:
+                raise WriteNeeded
+            controllers.cancel(action, now)
             return replace(action, status=ActionStatus.CANCELING)
         return action
     target, source = (view.assigned, "device") if view.assigned else (config.default_release, "default")
     if (source == "default" and not view.offer_requested) or target == view.version:
         return None                     # the poll's fast path: nothing assigned, nothing asked for
-    offered = store().last_offered(view.controller_id, target)
+    offered = controllers.last_offered(view.controller_id, target)
     due = view.offer_requested > (offered or 0) if (offered is not None or source == "default") else True
-    if not due or not newer(target, view.version) or ddi_artifact(view.hardware, target) is None:
+    if not due or not newer(target, view.version) or ddi_artifact(view.hardware, target, found) is None:
         return None
-    return store().open_action(view.controller_id, target, source, now)
+    if not writes:
+        raise WriteNeeded
+    return controllers.open_action(view.controller_id, target, source, now)
 
 
-@blueprint.get("/<controller_id>")
-def controller_base(controller_id: str) -> Response:
-    view, now = authorized(controller_id), time.time()
-    config = services().config
-    if not view.online or now - view.last_seen >= config.ddi_poll_s:
-        store().seen(controller_id, now)            # at most one write per polling interval
-    links, action, url = {}, current_action(view, now), controller_url(controller_id)
+def poll(found: Services, tenant: str, controller_id: str, authorization: str, host_url: str,
+         writes: bool = True, seen: Callable[[str, float], None] | None = None) -> dict:
+    """The base resource (a poll): `host_url` is the request's scheme and host, for the links.
+    Raises a ServerError, or WriteNeeded without `writes` (before writing anything); `seen`
+    records that the controller polled, when its last_seen is due (default: written at once).
+    ddi_polls.py answers polls with it in front of Flask, the route below in Flask."""
+    check_tenant(found, tenant)
+    view, now, config = authorized(controller_id, found, authorization), time.time(), found.config
+    if not view.online or now - view.last_seen >= config.ddi_seen_s:    # every ddi_seen_s at most
+        (seen or DdiStore(found.registry).seen)(controller_id, now)
+    links, action = {}, current_action(found, view, now, writes)
+    url = controller_url(controller_id, config.public_url or host_url.rstrip("/"), tenant)
     if action is not None and action.status == ActionStatus.CANCELING:
         links["cancelAction"] = {"href": f"{url}/cancelAction/{action.id}"}
     elif action is not None:
@@ -179,7 +206,13 @@ def controller_base(controller_id: str) -> Response:
     body: dict = {"config": {"polling": {"sleep": config.ddi_sleep}}}
     if links:
         body["_links"] = links
-    return jsonify(body)
+    return body
+
+
+@blueprint.get("/<controller_id>")
+def controller_base(controller_id: str) -> Response:
+    return jsonify(poll(services(), g.tenant, controller_id, request.headers.get("Authorization", ""),
+                        request.host_url))
 
 
 def artifact_json(artifact: Artifact, controller_id: str) -> dict:

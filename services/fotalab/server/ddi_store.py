@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
@@ -189,9 +190,13 @@ class DdiStore:
 
     def seen(self, controller_id: str, now: float) -> None:
         """A poll: the controller is online and was seen now."""
+        self.seen_many([(controller_id, now)])
+
+    def seen_many(self, polls: Sequence[tuple[str, float]]) -> None:
+        """Polls (controller, when), in one transaction."""
         with self._write() as db:
-            db.execute("UPDATE devices SET last_seen = max(last_seen, ?), online = 1 WHERE device_id = ?",
-                       (now, controller_id))
+            db.executemany("UPDATE devices SET last_seen = max(last_seen, ?), online = 1 WHERE device_id = ?",
+                           [(now, controller_id) for controller_id, now in polls])
 
     def silent_offline(self, before: float) -> list[str]:
         """Controllers online but not seen since `before` go offline (a poll brings them back)."""

@@ -9,7 +9,8 @@ docs/server.md ("Why an ASGI worker for a Flask app") has the measurements behin
 
 Layers, outside in: with TLS, ClientCertificates (tlsauth.py: a revoked certificate gets 403,
 the peer's identity goes into the scope), RequestLog (logs.py: the JSON request line and request metrics),
-Downloads (downloads.py), StreamWatch (below), a2wsgi's WSGIMiddleware around Flask.
+Downloads (downloads.py), DdiPolls (ddi_polls.py: the DDI base resource, the other hot path),
+StreamWatch (below), a2wsgi's WSGIMiddleware around Flask.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from a2wsgi import WSGIMiddleware
 from flask import Flask
 
 from .dashboard import STREAM_PATH
+from .ddi_polls import DdiPolls
 from .downloads import ASGIApp, Downloads, Receive, Scope, Send, until_disconnected
 from .live import HANGUP, Hangup
 from .logs import RequestLog
@@ -61,6 +63,7 @@ def asgi_app(flask: Flask, threads: int) -> ASGIApp:
     """What gunicorn serves (gunicorn_app.py): `flask` (create_app) behind the downloads, run
     in `threads` threads per worker."""
     index, config = flask.extensions[EXTENSION].index, flask.extensions[EXTENSION].config
-    app = RequestLog(Downloads(StreamWatch(WSGIMiddleware(flask, workers=threads)), index))
+    found = flask.extensions[EXTENSION]
+    app = RequestLog(Downloads(DdiPolls(StreamWatch(WSGIMiddleware(flask, workers=threads)), found), index))
     # HTTPS: outermost, a certificate revoked since the start is refused before anything else runs
     return ClientCertificates(app, config.tls_crl) if config.tls else app

@@ -173,7 +173,7 @@ def start_ingestion(config: ServerConfig, registry: Registry) -> Elector:
     ingester = Ingester(config, registry)
 
     def work() -> None:
-        RolloutEngine(registry, ingester.hint, ddi_offline_s=3 * config.ddi_poll_s).start()
+        RolloutEngine(registry, ingester.hint, ddi_offline_s=config.ddi_offline_s).start()
         ingester.run_forever()
     elector = Elector(config.data_dir / "ingest.lock", work)
     elector.start()
