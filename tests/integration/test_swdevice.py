@@ -182,12 +182,16 @@ def wait(what, timeout: float, device: Device):
     raise AssertionError(f"timed out after {timeout} s; device log:\n{device.log.read_text()[-6000:]}")
 
 
-@pytest.fixture
-def lab(tmp_path, release_key):
+def skip_unless_a_device_can_run() -> None:
     if shutil.which("swupdate") is None:
         pytest.skip("Debian's swupdate is not installed (scripts/test installs it with apt as root)")
     if os.geteuid() != 0 or not os.path.exists("/dev/fuse") or shutil.which("unshare") is None:
         pytest.skip("needs root, unshare and /dev/fuse (the device runs in its own namespaces with a FUSE flash)")
+
+
+@pytest.fixture
+def lab(tmp_path, release_key):
+    skip_unless_a_device_can_run()
     work = tmp_path / "w"
     (work / "store").mkdir(parents=True)
     (work / "firmware").mkdir()

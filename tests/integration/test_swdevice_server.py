@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
 import pytest
 import requests
-from test_swdevice import RELEASES, ROOT_IN_NS, Device, wait
+from test_swdevice import RELEASES, ROOT_IN_NS, Device, skip_unless_a_device_can_run, wait
 
 from fotalab.formats.swu import EnvKey
 from fotalab.lab import locallab
@@ -31,10 +30,7 @@ class Endpoint:
 
 
 def test_swupdate_device_updates_and_rolls_back_through_the_lab_server(tmp_path, release_key, broker):
-    if shutil.which("swupdate") is None:
-        pytest.skip("Debian's swupdate is not installed (scripts/test installs it with apt as root)")
-    if os.geteuid() != 0 or not os.path.exists("/dev/fuse") or shutil.which("unshare") is None:
-        pytest.skip("needs root, unshare and /dev/fuse (the device runs in its own namespaces with a FUSE flash)")
+    skip_unless_a_device_can_run()
     work = tmp_path / "w"
     (work / "firmware").mkdir(parents=True)
     (work / "firmware" / "releases.toml").write_text(RELEASES)
