@@ -179,9 +179,22 @@ class Campaign:
         while time.monotonic() < deadline and not all(self.converged(d) for d in self.devices):
             self.hint_all()
             time.sleep(5)
+        # a device cut just before the end still shows its last (converged) state: wait for its boot
+        while time.monotonic() < deadline and self.awaiting_boot():
+            time.sleep(1)
         self.note_commits()
         self.measure_recovery()
         return [self.check(device) for device in self.devices]
+
+    def awaiting_boot(self) -> list[str]:
+        """Devices whose last power-on has not been followed by a boot report yet."""
+        waiting = []
+        for device in self.devices:
+            last = max((k for k in self.kills if k.device == device), key=lambda k: k.at, default=None)
+            if last and not any(e.get("event") == Event.BOOTED and e["ts"] >= (last.started_at or last.at)
+                                for e in self.watcher.events.get(device, [])):
+                waiting.append(device)
+        return waiting
 
     def measure_recovery(self) -> None:
         """A device has recovered when it reports its next boot (the server and broker are not timed)."""
