@@ -135,7 +135,7 @@ def test_best_delta_is_the_smallest_candidate(kind, name):
     best = best_delta(old, new)
     sizes = {enc: len(d.data) for enc, d in all_encodings(kind, name).items()}
     assert len(best.data) == min(sizes.values())
-    assert best.encoding in ("thumb-lzma", "aarch64-lzma")
+    assert best.encoding in ("thumb-lzma", "aarch64-lzma", "thumb-sparse", "aarch64-sparse")
     assert apply_delta(old, best, len(new)) == new
 
 

@@ -236,3 +236,56 @@ def test_unknown_encoding_id_asks_for_an_update():
     data[5] = 77
     with pytest.raises(DeltaError, match="unknown delta encoding id 77; update the updater"):
         apply_delta(old, Delta("sparse-lzma", bytes(data)), len(new))
+
+
+# --------------------------------------------------------------------------- relocating sparse encodings
+
+
+@pytest.mark.parametrize("arch", ["thumb", "aarch64"])
+@pytest.mark.parametrize("layout", [SPARSE_STORED, SPARSE_LZMA, SPARSE_SPLIT])
+def test_relocating_sparse_encodings_round_trip_in_every_layout(arch, layout, monkeypatch):
+    old, new = generated(arch)
+    monkeypatch.setattr(encoder_sparse, "pack_sparse", lambda *args: encoder_sparse.sparse_layouts(*args)[layout])
+    delta = encode(old, new, f"{arch}-sparse")
+    chunks: list[bytes] = []
+    assert apply_delta_to(old, delta, chunks.append, len(new)) == len(new)
+    assert b"".join(chunks) == new
+    assert max(map(len, chunks)) <= CHUNK
+
+
+def test_relocating_sparse_beats_relocating_streams_on_small_real_changes():
+    old, new = real_pair(FIRMWARE_PAIRS, "rpi3_aarch64_shell_1_to_2")
+    sparse = encode(old, new, "aarch64-sparse")
+    assert len(sparse.data) < 0.8 * len(encode(old, new, "aarch64-lzma").data)
+    assert best_delta(old, new) == sparse
+    assert apply_delta(old, sparse, len(new)) == new
+
+
+def test_contiguous_matches_merge_as_the_decoder_sees_them():
+    merge = encoder_sparse.merge_contiguous
+    assert merge([(5, 0, 0), (7, 2, 0), (3, 0, 0), (4, 0, -9), (1, 0, 0)]) == [(12, 2, 0), (7, 0, -9), (1, 0, 0)]
+    assert merge([(0, 0, 0)]) == [] and merge([]) == []
+    assert encoder_sparse.reads_inside([(10, 0, -5), (5, 0, 0)], 10)
+    assert not encoder_sparse.reads_inside([(10, 0, -5), (6, 0, 0)], 10)
+
+
+def test_relocating_sparse_settings_and_move_map_are_bounded():
+    old = bytes(range(256)) * 64
+    ops = [[OP_COPY, 12, b""]]
+    ok = encoder_sparse.pack_sparse(old, old, ops, "thumb-sparse", [24, 0, 0, 0])
+    assert apply_delta(old, Delta("thumb-sparse", ok), len(old)) == old
+    low = encoder_sparse.pack_sparse(old, old, ops, "thumb-sparse", [4, 0, 0, 0])
+    with pytest.raises(DeltaError, match="move-map threshold 4 below the minimum 12"):
+        apply_delta(old, Delta("thumb-sparse", low), len(old))
+    bad_mode = encoder_sparse.pack_sparse(old, old, ops, "aarch64-sparse", [24, 3, 0, 0])
+    with pytest.raises(DeltaError, match="value 3 out of range"):
+        apply_delta(old, Delta("aarch64-sparse", bad_mode), len(old))
+    # many long matches, each behind a seek, for a small output: more segments than allowed
+    n = 2000
+    assert n > container.max_segments(16 * n)
+    many = [op for _ in range(n) for op in ([OP_SEEK, -16, b""], [OP_COPY, 16, b""])][1:]
+    blob = encoder_sparse.pack_sparse(old, old[:16] * n, many, "aarch64-sparse", [12, 0, 0, 0])
+    with pytest.raises(DeltaError, match="move map has more than"):
+        apply_delta(old, Delta("aarch64-sparse", blob), 16 * n)
+    with pytest.raises(DeltaError, match="made for a 16384-byte base image, this one has 16383"):
+        apply_delta(old[:-1], Delta("thumb-sparse", ok), len(old))

@@ -10,8 +10,9 @@ and the body of the bsdiff-style encodings is::
     uvarint new size | uvarint fields (old size, relocation settings, control count)
     | uvarint dictionary size of each stream | uvarint length of each stream | the streams
 
-(``full-lzma``: new size, BCJ filter id, dictionary size, then the one stream; ``sparse-lzma``:
-new size, old size minus new size, layout, then its op stream, see ``decoder_sparse``). Signed
+(``full-lzma``: new size, BCJ filter id, dictionary size, then the one stream; ``sparse-lzma``
+and the ``*-sparse`` encodings: new size, old size minus new size, the relocation settings of
+the relocating ones, layout, then the op stream, see ``decoder_sparse``). Signed
 values travel zigzag-encoded. Readers of this layout, which check every value because they
 run on hostile input, are in ``decoder`` and ``decoder_streams``.
 """
@@ -28,13 +29,17 @@ HEADER_SIZE = 10  # magic (4), format version (1), encoding id (1), CRC-32 of th
 CHUNK = 1 << 16  # output is produced and written in pieces of at most this many bytes
 
 ENCODING_IDS = {"bsdiff-lzma": 1, "thumb-lzma": 2, "aarch64-lzma": 3, "full-lzma": 4, "xtensa-lzma": 5,
-                "sparse-lzma": 6}
+                "sparse-lzma": 6, "thumb-sparse": 7, "aarch64-sparse": 8, "xtensa-sparse": 9}
 ENCODING_BY_ID = {encoding_id: name for name, encoding_id in ENCODING_IDS.items()}
 # Every encoding, in the order best_delta prefers on a tie ("bsdiff4" has no container).
 ENCODINGS: tuple[str, ...] = ("bsdiff4", "bsdiff-lzma", "sparse-lzma", "thumb-lzma", "aarch64-lzma",
-                              "xtensa-lzma", "full-lzma")
+                              "xtensa-lzma", "thumb-sparse", "aarch64-sparse", "xtensa-sparse", "full-lzma")
 # The relocating encodings and the instruction set each one relocates.
-ENCODING_ARCH = {"thumb-lzma": "thumb", "aarch64-lzma": "aarch64", "xtensa-lzma": "xtensa"}
+ENCODING_ARCH = {"thumb-lzma": "thumb", "aarch64-lzma": "aarch64", "xtensa-lzma": "xtensa",
+                 "thumb-sparse": "thumb", "aarch64-sparse": "aarch64", "xtensa-sparse": "xtensa"}
+# The encodings whose matches travel as sparse ops (see decoder_sparse), by instruction set.
+SPARSE_ENCODINGS = {"sparse-lzma": None, "thumb-sparse": "thumb", "aarch64-sparse": "aarch64",
+                    "xtensa-sparse": "xtensa"}
 
 MAX_DICT = 1 << 26  # hard cap of any LZMA2 dictionary a delta may ask for
 # Dictionaries the encoder uses: the decoder allocates them, so they bound the device's RAM.

@@ -29,18 +29,17 @@ from .container import (
     MAX_DICT,
     MAX_OUTSIDE_STEPS,
     MIN_SEGMENT,
+    SPARSE_ENCODINGS,
     Control,
     Delta,
     DeltaError,
     corrupt,
     decode_int64,
-    max_segments,
     wrong_base,
 )
-from .decoder_sparse import apply_sparse
+from .decoder_sparse import Relocation, SegmentList, apply_sparse
 from .decoder_streams import Bz2Reader, Cursor, LzmaReader, control_tuples
 from .movemap import MoveMap, OutsideMap
-from .relocate import make_relocator
 from .relocate_base import Relocator, old_region
 
 _OLD_POS_LIMIT = 1 << 40  # a control stream may not seek the old position this far away
@@ -82,8 +81,12 @@ def apply_delta_to(old: bytes, delta: Delta, write: Write, max_output: int) -> i
     out = _declared_size_writer(counting, new_size)
     if encoding == "full-lzma":
         _apply_full_image(data, cursor, new_size, out)
-    elif encoding == "sparse-lzma":
-        apply_sparse(old, data, cursor, new_size, out)
+    elif encoding in SPARSE_ENCODINGS:
+        old_size = new_size + cursor.svarint(1 << 62)
+        if old_size != len(old):
+            raise wrong_base(old_size, len(old))
+        arch = SPARSE_ENCODINGS[encoding]
+        apply_sparse(old, data, cursor, new_size, out, arch and _relocation(cursor, arch))
     else:
         _apply_streams(old, data, cursor, encoding, new_size, out)
     return counting.total
@@ -141,6 +144,17 @@ def _read_outside_map(cursor: Cursor) -> OutsideMap | None:
     return OutsideMap(starts, shifts, end)
 
 
+def _relocation(cursor: Cursor, arch: str) -> Relocation:
+    """A relocating encoding's settings: move-map threshold, pointer mode, load address and
+    the outside-address map."""
+    min_segment = cursor.uvarint(1 << 32)
+    if min_segment < MIN_SEGMENT:
+        raise corrupt(f"move-map threshold {min_segment} below the minimum {MIN_SEGMENT}")
+    ptrmode = cursor.uvarint(2)
+    load_address = cursor.uvarint(1 << 64)
+    return Relocation(arch, min_segment, ptrmode, load_address, _read_outside_map(cursor))
+
+
 def _apply_full_image(data: bytes, cursor: Cursor, new_size: int, write: Write) -> None:
     """``full-lzma``: BCJ filter id, dictionary size, then the image's one LZMA2 stream."""
     bcj = cursor.uvarint(1)
@@ -162,10 +176,7 @@ def _apply_streams(old: bytes, data: bytes, cursor: Cursor, encoding: str, new_s
         raise wrong_base(old_size, len(old))
     arch = ENCODING_ARCH.get(encoding)
     if arch:
-        min_segment = cursor.uvarint(1 << 32)
-        ptrmode = cursor.uvarint(2)
-        load_address = cursor.uvarint(1 << 64)
-        outside = _read_outside_map(cursor)
+        relocation = _relocation(cursor, arch)
     control_count = cursor.uvarint(new_size + 1)
     control_bound = control_count * MAX_CONTROL_TUPLE_BYTES
     control_dict = _checked_dict_size(cursor.uvarint(), control_bound, "control")
@@ -182,8 +193,9 @@ def _apply_streams(old: bytes, data: bytes, cursor: Cursor, encoding: str, new_s
     extra_reader = LzmaReader(data[extra_start:extra_start + lengths[2]], extra_dict, "extra")
     relocator = None
     if arch:
-        move_map = _move_map(control_tuples(control_stream, control_dict, control_count), min_segment, new_size)
-        relocator = make_relocator(arch, old, load_address, move_map, ptrmode, outside)
+        move_map = _move_map(control_tuples(control_stream, control_dict, control_count), relocation.min_segment,
+                             new_size)
+        relocator = relocation.relocator(old, move_map)
     _run(old, control_tuples(control_stream, control_dict, control_count), diff_reader, extra_reader, new_size,
          write, relocator)
     diff_reader.finish()
@@ -194,23 +206,17 @@ def _move_map(controls: Iterator[Control], min_segment: int, new_size: int) -> M
     """First pass over the (small) control stream: the move map. Only matches of at least
     min_segment bytes enter it and their number is capped, so its memory stays a fraction of
     the declared output size whatever the delta says."""
-    if min_segment < MIN_SEGMENT:
-        raise corrupt(f"move-map threshold {min_segment} below the minimum {MIN_SEGMENT}")
-    cap = max_segments(new_size)
-    segments = []
+    segments = SegmentList(min_segment, new_size)
     old_pos = new_pos = 0
     for copy_len, extra_len, seek in controls:
         if new_pos + copy_len + extra_len > new_size:
             raise corrupt(f"control tuple ({copy_len}, {extra_len}, {seek}) runs past the declared output size")
-        if copy_len >= min_segment:
-            if len(segments) >= cap:
-                raise corrupt(f"move map has more than {cap} segments")
-            segments.append((old_pos, new_pos - old_pos, copy_len))
+        segments.add(old_pos, new_pos, copy_len)
         new_pos += copy_len + extra_len
         old_pos += copy_len + seek
         if not -_OLD_POS_LIMIT < old_pos < _OLD_POS_LIMIT:
             raise corrupt("control stream seeks far outside the old image")
-    return MoveMap(segments)
+    return MoveMap(segments.segments)
 
 
 # --------------------------------------------------------------------------- bsdiff4

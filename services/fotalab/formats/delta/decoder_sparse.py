@@ -1,8 +1,13 @@
-"""``sparse-lzma`` on the device: copies, adds, inserts and seeks against the old image.
+"""``sparse-lzma`` and the relocating ``*-sparse`` encodings on the device: copies, adds,
+inserts and seeks against the old image (for ``thumb-sparse``, ``aarch64-sparse`` and
+``xtensa-sparse`` the old image relocated as for ``thumb-lzma`` & co., with the move map taken
+from a first pass over the ops: the runs of COPY and ADD ops contiguous in old and new are the
+matches).
 
 The body after the declared output size is::
 
-    svarint old size - new size | uvarint layout
+    svarint old size - new size | relocating encodings: their settings (see ``decoder``)
+    | uvarint layout
     | stored: the ops, to the end of the delta
     | LZMA:   uvarint log2 dictionary | one raw LZMA2 stream of the ops
     | split:  uvarint log2 dictionary of the tags, of the data | uvarint length of the tag
@@ -16,12 +21,14 @@ The input is hostile: every length is checked against the declared output size a
 range against the old image before it is used, a seek may not follow a seek (so every other op
 produces output and the work is linear in the declared size), no op may follow a complete
 output, and every stream must be used up exactly. Memory: at most two LZMA2 dictionaries (capped
-by the declared output size) and one CHUNK of output.
+by the declared output size), one CHUNK of output and, for the relocating encodings, the move
+map (capped at ``max_segments`` segments, as for their stream layout).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from .bytewise import add_bytes
 from .container import (
@@ -37,9 +44,12 @@ from .container import (
     SPARSE_SPLIT,
     SPARSE_STORED,
     corrupt,
-    wrong_base,
+    max_segments,
 )
 from .decoder_streams import Cursor, LzmaReader, read_uvarint
+from .movemap import MoveMap, OutsideMap
+from .relocate import make_relocator
+from .relocate_base import Relocator, old_region
 
 _BLOCK = 4096  # op bytes decompressed at a time
 _OP_NAMES = {OP_COPY: "copy", OP_ADD: "add", OP_INSERT: "insert", OP_SEEK: "seek"}
@@ -127,6 +137,9 @@ class _LzmaOps:
         self.reader.finish()
 
 
+_Ops = _StoredOps | _LzmaOps
+
+
 class _Output:
     """Collects output and passes it on in chunks of exactly CHUNK bytes (the last shorter)."""
 
@@ -157,37 +170,112 @@ def _dict_size(cursor: Cursor, new_size: int, what: str) -> int:
     return 1 << log
 
 
-def apply_sparse(old: bytes, data: bytes, cursor: Cursor, new_size: int, write: Write) -> None:
-    """Rebuild the image from a ``sparse-lzma`` body (``cursor`` after the declared size)."""
-    old_size = new_size + cursor.svarint(1 << 62)
-    if old_size != len(old):
-        raise wrong_base(old_size, len(old))
-    layout = cursor.uvarint(SPARSE_SPLIT)
-    if layout == SPARSE_STORED:
-        tags = payload = _StoredOps(data, cursor.pos)
-    elif layout == SPARSE_LZMA:
-        dict_size = _dict_size(cursor, new_size, "op")
-        tags = payload = _LzmaOps(data[cursor.pos:], dict_size, "op")
-    else:
-        tag_dict = _dict_size(cursor, new_size, "op tag")
-        data_dict = _dict_size(cursor, new_size, "op data")
-        tag_length = cursor.uvarint(len(data))
-        if cursor.pos + tag_length > len(data):
-            raise corrupt(f"op tag stream of {tag_length} bytes runs past the end of the delta")
-        tags = _LzmaOps(data[cursor.pos:cursor.pos + tag_length], tag_dict, "op tag")
-        payload = _LzmaOps(data[cursor.pos + tag_length:], data_dict, "op data")
+@dataclass(frozen=True)
+class Relocation:
+    """A relocating encoding's settings (read from its header by the decoder)."""
+
+    arch: str
+    min_segment: int
+    ptrmode: int
+    load_address: int
+    outside: OutsideMap | None
+
+    def relocator(self, old: bytes, move_map: MoveMap) -> Relocator:
+        return make_relocator(self.arch, old, self.load_address, move_map, self.ptrmode, self.outside)
+
+
+class SegmentList:
+    """The move map's segments: matches of at least ``min_segment`` bytes as (old start, shift,
+    length), at most ``max_segments(new_size)`` of them (more is rejected)."""
+
+    def __init__(self, min_segment: int, new_size: int) -> None:
+        self.min_segment = min_segment
+        self.cap = max_segments(new_size)
+        self.segments: list[tuple[int, int, int]] = []
+
+    def add(self, old_start: int, new_start: int, length: int) -> None:
+        if length >= self.min_segment:
+            if len(self.segments) >= self.cap:
+                raise corrupt(f"move map has more than {self.cap} segments")
+            self.segments.append((old_start, new_start - old_start, length))
+
+
+def apply_sparse(old: bytes, data: bytes, cursor: Cursor, new_size: int, write: Write,
+                 relocation: Relocation | None) -> None:
+    """Rebuild the image from a sparse body (``cursor`` after the old size and, for the
+    relocating encodings, their settings). Those take a first pass over the ops for the move
+    map: the matches are the runs of COPY and ADD ops that are contiguous in old and new."""
+    open_ops = _layout(data, cursor, new_size)
+    relocator = None
+    if relocation is not None:
+        tags, payload = open_ops()
+        segments = SegmentList(relocation.min_segment, new_size)
+        run = [0, 0, 0]  # old start, new start, length
+        for kind, old_pos, new_pos, length in _walk(tags, len(old), new_size):
+            if kind in (OP_ADD, OP_INSERT) and payload is tags:
+                for done in range(0, length, CHUNK):
+                    payload.take(min(CHUNK, length - done))
+            if kind in (OP_COPY, OP_ADD):
+                if old_pos != run[0] + run[2] or new_pos != run[1] + run[2]:
+                    segments.add(*run)
+                    run = [old_pos, new_pos, 0]
+                run[2] += length
+        segments.add(*run)
+        tags.finish()
+        relocator = relocation.relocator(old, MoveMap(segments.segments))
+    tags, payload = open_ops()
     out = _Output(write)
-    _run_ops(old, tags, payload, new_size, out)
+    for kind, old_pos, new_pos, length in _walk(tags, len(old), new_size):
+        shift = new_pos - old_pos
+        for done in range(0, length, CHUNK):
+            size = min(CHUNK, length - done)
+            if kind == OP_INSERT:
+                out.add(payload.take(size))
+            elif kind != OP_SEEK:
+                start = old_pos + done
+                base = old_region(old, relocator, start, start + size, shift)
+                out.add(base if kind == OP_COPY else add_bytes(base, payload.take(size)))
     tags.finish()
     if payload is not tags:
         payload.finish()
     out.flush()
 
 
-def _run_ops(old: bytes, tags: _StoredOps | _LzmaOps, payload: _StoredOps | _LzmaOps, new_size: int,
-             out: _Output) -> None:
-    """Execute the ops, then the implicit final copy."""
-    old_size = len(old)
+def _layout(data: bytes, cursor: Cursor, new_size: int) -> Callable[[], tuple[_Ops, _Ops]]:
+    """Read the layout fields; return a function that opens the (tags, data) sources afresh."""
+    layout = cursor.uvarint(SPARSE_SPLIT)
+    if layout == SPARSE_STORED:
+        start = cursor.pos
+
+        def stored() -> tuple[_Ops, _Ops]:
+            ops = _StoredOps(data, start)
+            return ops, ops
+        return stored
+    if layout == SPARSE_LZMA:
+        dict_size = _dict_size(cursor, new_size, "op")
+        start = cursor.pos
+
+        def single() -> tuple[_Ops, _Ops]:
+            ops = _LzmaOps(data[start:], dict_size, "op")
+            return ops, ops
+        return single
+    tag_dict = _dict_size(cursor, new_size, "op tag")
+    data_dict = _dict_size(cursor, new_size, "op data")
+    tag_length = cursor.uvarint(len(data))
+    start = cursor.pos
+    if start + tag_length > len(data):
+        raise corrupt(f"op tag stream of {tag_length} bytes runs past the end of the delta")
+
+    def split() -> tuple[_Ops, _Ops]:
+        return (_LzmaOps(data[start:start + tag_length], tag_dict, "op tag"),
+                _LzmaOps(data[start + tag_length:], data_dict, "op data"))
+    return split
+
+
+def _walk(tags: _Ops, old_size: int, new_size: int) -> Iterator[tuple[int, int, int, int]]:
+    """(kind, old position, output position, length) of every op once it is checked (SEEK:
+    length 0, the position after the seek), then of the implicit final copy. The consumer takes
+    an op's data before asking for the next."""
     limit = (max(new_size, 2 * old_size + 2) << 2) | (OP_KINDS - 1)
     old_pos = new_pos = 0
     after_seek = False
@@ -206,6 +294,7 @@ def _run_ops(old: bytes, tags: _StoredOps | _LzmaOps, payload: _StoredOps | _Lzm
             if not 0 <= target <= old_size:
                 raise corrupt(f"seek to old offset {target}, outside the {old_size}-byte old image")
             old_pos, after_seek = target, True
+            yield kind, old_pos, new_pos, 0
             continue
         after_seek = False
         if new_pos + value > new_size:
@@ -214,16 +303,7 @@ def _run_ops(old: bytes, tags: _StoredOps | _LzmaOps, payload: _StoredOps | _Lzm
         if kind != OP_INSERT and old_pos + value > old_size:
             raise corrupt(f"{name} op of {value} bytes at old offset {old_pos} runs past the end of the "
                           f"{old_size}-byte old image")
-        done = 0
-        while done < value:
-            size = min(CHUNK, value - done)
-            if kind == OP_COPY:
-                out.add(old[old_pos + done:old_pos + done + size])
-            elif kind == OP_ADD:
-                out.add(add_bytes(old[old_pos + done:old_pos + done + size], payload.take(size)))
-            else:
-                out.add(payload.take(size))
-            done += size
+        yield kind, old_pos, new_pos, value
         new_pos += value
         if kind != OP_INSERT:
             old_pos += value
@@ -231,5 +311,5 @@ def _run_ops(old: bytes, tags: _StoredOps | _LzmaOps, payload: _StoredOps | _Lzm
     if old_pos + rest > old_size:
         raise corrupt(f"the final copy of {rest} bytes at old offset {old_pos} runs past the end of the "
                       f"{old_size}-byte old image")
-    for start in range(old_pos, old_pos + rest, CHUNK):
-        out.add(old[start:min(start + CHUNK, old_pos + rest)])
+    if rest:
+        yield OP_COPY, old_pos, new_pos, rest

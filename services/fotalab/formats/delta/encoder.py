@@ -15,7 +15,7 @@ import bsdiff4.core
 import bsdiff4.format
 
 from .archdetect import MIN_ARCH_SCORE, arch_score, guess_base
-from .container import BCJ_ARMTHUMB, BCJ_NONE, ENCODING_ARCH, ENCODINGS, IMAGE_DICT, Delta, seal, uvarint
+from .container import BCJ_ARMTHUMB, BCJ_NONE, ENCODINGS, IMAGE_DICT, Delta, seal, uvarint
 from .encoder_relocated import encode_relocated
 from .encoder_sparse import encode_sparse
 from .encoder_streams import controls_from_core, lzma_compress, pack_streams
@@ -59,12 +59,12 @@ def candidates(old: bytes, new: bytes, only: tuple[str, ...] | None = None) -> l
         out.append(Delta("bsdiff-lzma", pack_streams("bsdiff-lzma", old, new, controls, diff, extra, [], tune)))
     if "sparse-lzma" in wanted:
         out.append(Delta("sparse-lzma", encode_sparse(old, new, controls, diff, tune)))
-    for encoding in ("thumb-lzma", "aarch64-lzma", "xtensa-lzma"):
+    for arch in ("thumb", "aarch64", "xtensa"):
         # Relocation only pays on code of that instruction set: skip it elsewhere unless asked.
-        arch = ENCODING_ARCH[encoding]
-        if encoding in wanted and (only is not None or arch_score(arch, old) >= MIN_ARCH_SCORE):
-            base = guess_base(arch, old)
-            out.append(Delta(encoding, encode_relocated(encoding, old, new, controls, base, tune)))
+        streams, sparse = f"{arch}-lzma", f"{arch}-sparse"
+        if wanted & {streams, sparse} and (only is not None or arch_score(arch, old) >= MIN_ARCH_SCORE):
+            found = encode_relocated(streams, old, new, controls, guess_base(arch, old), tune, sparse in wanted)
+            out += [Delta(name, blob) for name, blob in found.items() if name in wanted]
     if "full-lzma" in wanted:
         full = _encode_full(new, False)
         # The full image is tuned (both BCJ choices, lc/lp/pb) only when it might win.

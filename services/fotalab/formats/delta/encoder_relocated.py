@@ -16,6 +16,7 @@ import struct
 from collections.abc import Sequence
 
 from .container import ENCODING_ARCH, MAX_OUTSIDE_STEPS, Control, max_segments, uvarint
+from .encoder_sparse import encode_sparse, merge_contiguous, reads_inside
 from .encoder_streams import bsdiff_matches, exact_diff, lzma_compress, pack_streams
 from .movemap import MoveMap, OutsideMap
 from .relocate import make_relocator
@@ -31,9 +32,11 @@ _MIN_SUPPORT = 2  # fields that must agree on a step of the outside map
 
 
 def encode_relocated(encoding: str, old: bytes, new: bytes, first_controls: Sequence[Control], base: int | None,
-                     tune: bool) -> bytes:
+                     tune: bool, sparse: bool = True) -> dict[str, bytes]:
     """Search matches against the old image relocated with the current move map, re-derive the
-    map from the new matches, repeat (twice for images up to 1 MiB, once above)."""
+    map from the new matches, repeat (twice for images up to 1 MiB, once above). Returns the
+    ``encoding`` (control, diff and extra streams) and, when ``sparse``, its ``*-sparse``
+    counterpart (the same diff as sparse ops) by name."""
     arch = ENCODING_ARCH[encoding]
     passes = 2 if len(new) <= _TWO_PASS_LIMIT else 1
     controls = first_controls
@@ -42,6 +45,7 @@ def encode_relocated(encoding: str, old: bytes, new: bytes, first_controls: Sequ
         move_map = MoveMap.from_controls(controls, min_segment)
         guide = _statically_relocated(arch, old, base, move_map, ptrmode)
         controls, _, _ = bsdiff_matches(guide, new)
+    controls = merge_contiguous(controls)  # the sparse decoder sees contiguous matches as one
     _, min_segment, ptrmode = _search_parameters(arch, old, new, controls, base)
     while sum(1 for copy_len, _, _ in controls if copy_len >= min_segment) > max_segments(len(new)):
         min_segment *= 2  # keep within what appliers accept
@@ -56,7 +60,11 @@ def encode_relocated(encoding: str, old: bytes, new: bytes, first_controls: Sequ
         if best is None or quick_size < best[0]:
             best = (quick_size, diff, extra, fields)
     _, diff, extra, fields = best
-    return pack_streams(encoding, old, new, controls, diff, extra, fields, tune)
+    out = {encoding: pack_streams(encoding, old, new, controls, diff, extra, fields, tune)}
+    if sparse and reads_inside(controls, len(old)):
+        sparse_encoding = f"{arch}-sparse"
+        out[sparse_encoding] = encode_sparse(old, new, controls, diff, tune, sparse_encoding, fields)
+    return out
 
 
 def _search_parameters(arch: str, old: bytes, new: bytes, controls: Sequence[Control],

@@ -115,12 +115,13 @@ def _compressed(stream: bytes, new_size: int) -> tuple[bytes, bytes]:
     return uvarint(log), lzma_compress(stream, tune=True, dict_max=1 << log)[1]
 
 
-def sparse_layouts(old: bytes, new: bytes, ops: Sequence[Op]) -> dict[int, bytes]:
+def sparse_layouts(old: bytes, new: bytes, ops: Sequence[Op], encoding: str = "sparse-lzma",
+                   fields: Sequence[int] = ()) -> dict[int, bytes]:
     """The container of these ops in each layout that applies (by layout id): stored, one
-    LZMA2 stream, tags and data in two."""
+    LZMA2 stream, tags and data in two. ``fields``: a relocating encoding's settings."""
     tags = [_tag(kind, value) for kind, value, _ in ops]
     joined = b"".join(tag + bytes(data) for tag, (_, _, data) in zip(tags, ops))
-    head = uvarint(len(new)) + svarint(len(old) - len(new))
+    head = uvarint(len(new)) + svarint(len(old) - len(new)) + b"".join(map(uvarint, fields))
     bodies = {SPARSE_STORED: joined}
     if joined:
         dict_field, stream = _compressed(joined, len(new))
@@ -128,16 +129,48 @@ def sparse_layouts(old: bytes, new: bytes, ops: Sequence[Op]) -> dict[int, bytes
         tag_dict, tag_stream = _compressed(b"".join(tags), len(new))
         data_dict, data_stream = _compressed(b"".join(bytes(data) for _, _, data in ops), len(new))
         bodies[SPARSE_SPLIT] = tag_dict + data_dict + uvarint(len(tag_stream)) + tag_stream + data_stream
-    return {layout: seal("sparse-lzma", head + uvarint(layout) + body) for layout, body in bodies.items()}
+    return {layout: seal(encoding, head + uvarint(layout) + body) for layout, body in bodies.items()}
 
 
-def pack_sparse(old: bytes, new: bytes, ops: Sequence[Op]) -> bytes:
+def pack_sparse(old: bytes, new: bytes, ops: Sequence[Op], encoding: str = "sparse-lzma",
+                fields: Sequence[int] = ()) -> bytes:
     """The smallest layout of these ops."""
-    return min(sparse_layouts(old, new, ops).values(), key=len)
+    return min(sparse_layouts(old, new, ops, encoding, fields).values(), key=len)
 
 
-def encode_sparse(old: bytes, new: bytes, controls: Sequence[Control], diff: bytes, tune: bool) -> bytes:
-    """``sparse-lzma`` of the pair from bsdiff's matches, the smallest over the gaps tried
-    (all of them when ``tune``; the streams are small, so LZMA2's lc/lp/pb are always tuned)."""
+def merge_contiguous(controls: Sequence[Control]) -> list[Control]:
+    """The controls with every match that continues into the next one in both images (no
+    extra bytes, no seek) merged with it: the decoder of the relocating sparse encodings sees
+    such matches as one, and the move map must be the same on both sides."""
+    merged: list[Control] = []
+    carry = 0
+    for copy_len, extra_len, seek in controls:
+        if not extra_len and not seek:
+            carry += copy_len
+            continue
+        merged.append((carry + copy_len, extra_len, seek))
+        carry = 0
+    if carry:
+        merged.append((carry, 0, 0))
+    return merged
+
+
+def reads_inside(controls: Sequence[Control], old_size: int) -> bool:
+    """Whether every match lies inside the old image (as the relocating sparse encodings need)."""
+    old_pos = 0
+    for copy_len, _, seek in controls:
+        if copy_len and not (0 <= old_pos and old_pos + copy_len <= old_size):
+            return False
+        old_pos += copy_len + seek
+    return True
+
+
+def encode_sparse(old: bytes, new: bytes, controls: Sequence[Control], diff: bytes, tune: bool,
+                  encoding: str = "sparse-lzma", fields: Sequence[int] = ()) -> bytes:
+    """``sparse-lzma`` of the pair from bsdiff's matches (or a relocating sparse encoding from
+    the diff against the relocated image, with its settings as ``fields``), the smallest over
+    the gaps tried (all of them when ``tune``; the streams are small, so LZMA2's lc/lp/pb are
+    always tuned)."""
     gaps = _GAPS if tune else _LARGE_GAPS
-    return min((pack_sparse(old, new, sparse_ops(old, new, controls, diff, gap)) for gap in gaps), key=len)
+    return min((pack_sparse(old, new, sparse_ops(old, new, controls, diff, gap), encoding, fields) for gap in gaps),
+               key=len)
