@@ -130,3 +130,26 @@ def test_a_device_updates_over_tls_end_to_end(lab, release_store, tmp_path):
             assert fleet.states["device-1"]["version"] == "2.0.0"
         finally:
             device.power_cut()
+
+
+def test_bytes_flipped_on_the_link_end_in_a_tls_error_and_a_retry(lab, release_store, tmp_path):
+    from fotalab.lab.linkproxy import LinkProxy
+    from fotalab.protocol import Event
+    broker, server = lab
+    link = LinkProxy(("127.0.0.1", server.port), corrupt_probability=1.0).start()
+    broker.ca.ensure_identities(["device-4"])
+    device = locallab.Device("device-4", tmp_path / "flash", release_store, broker, server,
+                             {"FOTA_SERVER_URL": f"https://127.0.0.1:{link.port}"})
+    device.flash_dir.mkdir(parents=True)
+    with FleetWatcher("127.0.0.1", broker.tls_port, tls=broker.tls_files(SERVER)) as fleet:
+        try:
+            device.start()
+            fleet.wait_for(lambda f: f.states.get("device-4", {}).get("state") == "running", 60, "first boot")
+            fleet.command(["device-4"], {"cmd": "update"})
+            fleet.wait_for(lambda f: any(e.get("event") == Event.RETRY and "TLS error" in e.get("reason", "")
+                                         for e in f.events.get("device-4", [])), 120, "a retry after a TLS error")
+        finally:
+            device.power_cut()
+            link.stop()
+    assert link.flipped >= 1
+    assert device.inspect()["running"]["verified"]

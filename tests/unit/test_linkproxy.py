@@ -38,3 +38,22 @@ def test_other_requests_are_not_spoofed():
     for request in (b"GET /artifacts/abc HTTP/1.1\r\n\r\n", b"POST /api/v1/manifest?version=2.0.0 HTTP/1.1\r\n\r\n",
                     b"partial"):
         assert spoof_manifest_request(request, "1.0.0") == request
+
+
+def test_over_tls_only_application_data_payloads_are_tampered_with_headers_and_handshake_intact():
+    from fotalab.lab.linkproxy import Downstream
+    handshake = bytes([0x16, 3, 3, 0, 4]) + b"helo"
+    record = bytes([0x17, 3, 3, 0, 6]) + b"secret"
+    stream = handshake + record + record
+    seen = []
+    feed = Downstream(lambda piece: seen.append(piece) or b"X" * len(piece)).feed
+    out = b"".join(feed(stream[i:i + 3]) for i in range(0, len(stream), 3))   # headers split across reads
+    assert len(out) == len(stream)
+    assert out[:9] == handshake and out[9:14] == record[:5] and out[14:20] == b"XXXXXX"
+    assert out[20:25] == record[:5] and out[25:] == b"XXXXXX" and b"".join(seen) == b"secret" * 2
+
+
+def test_a_tls_request_passes_the_version_spoof_unchanged():
+    from fotalab.lab.linkproxy import spoof_manifest_request
+    hello = bytes([0x16, 3, 1, 0, 5]) + b"GET /api/v1/manifest?version=2.0.0 HTTP/1.1\r\n"
+    assert spoof_manifest_request(hello, "1.0.0") == hello

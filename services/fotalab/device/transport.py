@@ -130,7 +130,6 @@ class HttpTransport:
 
 
 def _reason(exc: Exception) -> str:
-    """The innermost message of a requests/urllib3 SSL error, short."""
-    while exc.__context__ is not None and not str(exc):
-        exc = exc.__context__
-    return str(exc)[:200]
+    """The SSL error inside a requests error (urllib3 wraps it in its retry error), short."""
+    inner = getattr(exc.args[0], "reason", None) if exc.args else None
+    return str(inner or exc)[:200]

@@ -8,6 +8,11 @@ For the attack labs it can also play a man-in-the-middle on the (plain HTTP) lin
 in the bodies of artifact downloads (`corrupt_probability`), or tell the server that the device
 runs an older version than it does (`spoof_version`), so the honest server hands out an older
 signed release. Either way the device's own checks against the signed manifest must refuse.
+
+Over TLS (the lab's default, docs/labs/05-attacks.md) the link relays the encrypted stream as
+TCP: pacing and drops work as before, the version spoof cannot read or rewrite the request (it
+passes it unchanged), and a flipped byte lands in a TLS record (`TlsRecords`), whose integrity
+check fails at the device: a TLS error, and the engine retries the transfer.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from urllib.parse import parse_qsl, urlencode
 from ..envconfig import ConfigError, Env
 
 PIECE = 512
+TLS_HANDSHAKE, TLS_APPLICATION_DATA = 0x16, 0x17     # TLS record content types
 ARTIFACT_TYPE = b"application/octet-stream"     # what the server sends artifacts as
 MANIFEST_PATH = b"/api/v1/manifest"
 
@@ -31,6 +37,8 @@ MANIFEST_PATH = b"/api/v1/manifest"
 def spoof_manifest_request(data: bytes, version: str) -> bytes:
     """`data` with a device's manifest request (`GET /api/v1/manifest?...`) claiming to run
     `version` and dropping the running image's hash; anything else unchanged."""
+    if data[:1] == bytes([TLS_HANDSHAKE]) or data[:1] == bytes([TLS_APPLICATION_DATA]):
+        return data                     # TLS: the request cannot be read, let alone rewritten
     line, newline, rest = data.partition(b"\r\n")
     parts = line.split(b" ")
     if len(parts) != 3 or parts[0] != b"GET" or not parts[1].startswith(MANIFEST_PATH + b"?"):
@@ -82,6 +90,49 @@ class ArtifactBodies:
 
 
 @dataclass
+class TlsRecords:
+    """Finds the application-data records in one direction of a TLS stream and passes their
+    payload pieces through `tamper`; record headers and the handshake pass unchanged, so the
+    connection is established and then fails its integrity check."""
+    tamper: Callable[[bytes], bytes]
+    _header: bytes = b""
+    _left: int = 0
+    _application: bool = False
+
+    def feed(self, data: bytes) -> bytes:
+        out = bytearray()
+        while data:
+            if self._left:
+                piece, data = data[:self._left], data[self._left:]
+                self._left -= len(piece)
+                out += self.tamper(piece) if self._application else piece
+                continue
+            need = 5 - len(self._header)
+            self._header += data[:need]
+            out += data[:need]
+            data = data[need:]
+            if len(self._header) == 5:
+                self._application = self._header[0] == TLS_APPLICATION_DATA
+                self._left = int.from_bytes(self._header[3:5], "big")
+                self._header = b""
+        return bytes(out)
+
+
+class Downstream:
+    """The man-in-the-middle on a server-to-device stream: TLS records or plain HTTP bodies,
+    decided by the first byte (a TLS stream starts with a handshake record)."""
+
+    def __init__(self, tamper: Callable[[bytes], bytes]) -> None:
+        self._tamper, self._feed = tamper, None
+
+    def feed(self, data: bytes) -> bytes:
+        if self._feed is None and data:
+            tls = data[0] == TLS_HANDSHAKE
+            self._feed = (TlsRecords if tls else ArtifactBodies)(self._tamper).feed
+        return self._feed(data) if self._feed else data
+
+
+@dataclass
 class LinkProxy:
     target: tuple[str, int]
     kbps: float = 0.0                  # 0: unlimited
@@ -126,7 +177,7 @@ class LinkProxy:
     def _tamper(self, downstream: bool) -> Callable[[bytes], bytes] | None:
         """What the man-in-the-middle does to one direction of a new connection (None: nothing)."""
         if downstream and self.corrupt_probability:
-            return ArtifactBodies(self._flip_a_byte).feed
+            return Downstream(self._flip_a_byte).feed
         if not downstream and self.spoof_version:
             return lambda data: spoof_manifest_request(data, self.spoof_version)
         return None

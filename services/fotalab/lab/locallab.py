@@ -247,6 +247,7 @@ class Server:
     env: dict[str, str] = field(default_factory=dict)
     # its own persistent MQTT session: servers of other tests on the same broker do not share it
     mqtt_client_id: str = field(default_factory=lambda: f"fotalab-server-{os.urandom(4).hex()}")
+    tls_files: TlsFiles | None = None      # HTTPS with these files, without a broker (benchmarks)
 
     def __post_init__(self) -> None:
         self.data_dir = self.data_dir or self.log.with_suffix(".data")
@@ -254,6 +255,8 @@ class Server:
     @property
     def tls(self) -> TlsFiles | None:
         """With a TLS broker: HTTPS as the lab's update server (fota-server's certificate), MQTT over TLS."""
+        if self.tls_files:
+            return self.tls_files
         return self.broker.tls_files(SERVER) if self.broker and self.broker.tls else None
 
     @property
@@ -273,7 +276,9 @@ class Server:
         if self.broker:
             env.update(FOTA_MQTT_HOST="127.0.0.1", FOTA_MQTT_PORT=str(self.broker.port), FOTA_MQTT_USERNAME=SERVER,
                        FOTA_MQTT_PASSWORD_FILE=str(self.broker.password_file(SERVER)))
-        if self.tls:
+        if self.tls_files:
+            env.update(FOTA_TLS_CA=str(self.tls.ca), FOTA_TLS_CERT=str(self.tls.cert), FOTA_TLS_KEY=str(self.tls.key))
+        elif self.tls:
             env.update(self.broker.ca.identity(SERVER).env(), FOTA_TLS_CRL=str(self.broker.ca.identity(SERVER).crl),
                        FOTA_MQTT_PORT=str(self.broker.tls_port))
         env.update(self.env)
