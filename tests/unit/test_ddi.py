@@ -228,6 +228,24 @@ def test_a_closed_failure_fails_the_device_with_the_clients_details(client):
     assert failed["payload"]["reason"] == "Bootloader fell back; rc=3"
 
 
+def test_a_failure_after_the_update_was_installed_is_a_rollback_the_rollout_quarantines(client, registry):
+    token = enrol(client)
+    created = client.post("/api/v1/rollouts", json={"release": "3.0.0", "selection": {"devices": ["ctl-1"]}},
+                          headers=BEARER).json
+    rollout_engine.tick(registry, print)
+    action_id = offered_action(client, token)
+    post_feedback(client, token, action_id, feedback("proceeding", details=["All Chunks Installed."]))
+    post_feedback(client, token, action_id, feedback("closed", "failure", ["Update Failed."]))    # SWUpdate's words
+    device = client.get("/api/v1/devices/ctl-1").json
+    assert (device["state"], device["reason"]) == ("rolled_back", "Update Failed.")
+    assert device["report"]["last_rollback"] == {"version": "3.0.0", "reason": "Update Failed.", "cause": "firmware"}
+    rollout_engine.tick(registry, print)
+    rollout = client.get(f"/api/v1/rollouts/{created['id']}").json
+    assert rollout["status"] == "paused" and rollout["quarantined"] == ["ctl-1"]     # the failure gate tripped
+    DdiStore(registry).request_offer("ctl-1")                    # an operator's trigger: still not offered again
+    assert "deploymentBase" not in poll(client, token).get("_links", {})
+
+
 @pytest.mark.parametrize("body", [
     None, [], "text", {}, {"status": "closed"},
     {"status": {"execution": "finished", "result": {"finished": "success"}}},

@@ -21,7 +21,9 @@ When a poll offers what: an action (hawkBit's word for one offer of a release to
 controller) is opened on a poll when the controller has an assignment it has not been offered
 yet (a rollout's phase, or `PUT /api/v1/devices/<id>/assignment`), or when the rollout engine
 or an operator hinted it (`fota trigger`, a rollout's retry: ddi_store.request_offer) and it
-does not run the assigned release (else the server's default) already. An open action whose
+does not run the assigned release (else the server's default) already. A release that failed
+on the controller after it was installed (a rollback, ddi_feedback.py) is never offered to it
+again, as the lab's own devices quarantine it. An open action whose
 release is no longer assigned (an aborted rollout) is cancelled through cancelAction.
 """
 from __future__ import annotations
@@ -37,7 +39,15 @@ from flask import Blueprint, Response, g, jsonify, request
 from ..formats.image import parse_version
 from ..protocol import DdiExecution, DdiFinished, DdiHandling
 from .artifacts import Artifact
-from .ddi_feedback import Effect, Feedback, cancel_effect, deployment_effect, parse_config_data, parse_feedback
+from .ddi_feedback import (
+    Effect,
+    Feedback,
+    cancel_effect,
+    deployment_effect,
+    installed,
+    parse_config_data,
+    parse_feedback,
+)
 from .ddi_store import HISTORY_LIMIT, Action, ActionStatus, DdiStore, PollView, token_hash
 from .errors import ControllerUnauthorized, Gone, InvalidRequest, NotFound, ServerError
 from .services import Services, services
@@ -174,7 +184,7 @@ def current_action(found: Services, view: PollView, now: float, writes: bool = T
             return replace(action, status=ActionStatus.CANCELING)
         return action
     target, source = (view.assigned, "device") if view.assigned else (config.default_release, "default")
-    if (source == "default" and not view.offer_requested) or target == view.version:
+    if (source == "default" and not view.offer_requested) or target in (view.version, view.rolled_back):
         return None                     # the poll's fast path: nothing assigned, nothing asked for
     offered = controllers.last_offered(view.controller_id, target)
     due = view.offer_requested > (offered or 0) if (offered is not None or source == "default") else True
@@ -261,6 +271,8 @@ def apply(view: PollView, action: Action, channel: str, feedback: Feedback, effe
                   "ddi": {"action": action.id, "execution": feedback.execution, "finished": feedback.finished}}
         if effect.committed:
             report["confirmed"] = True
+        if effect.rollback:
+            report["last_rollback"] = effect.rollback
         registry.record_state(device, report, now)
     for number, (event, payload) in enumerate(effect.events):
         registry.record_event(device, {"device": device, "ts": now + number * 1e-6, "event": event, **payload}, now)
@@ -283,8 +295,9 @@ def deployment_feedback(controller_id: str, action_id: int) -> Response:
         final = {DdiFinished.SUCCESS: (ActionStatus.FINISHED,), DdiFinished.FAILURE: (ActionStatus.ERROR,)}
         return closed(action, feedback, final.get(feedback.finished, ()) if feedback.execution ==
                       DdiExecution.CLOSED else ())
-    first = not store().messages(action.id, 1)
-    apply(view, action, "deploymentBase", feedback, deployment_effect(action, feedback, first))
+    earlier = store().messages(action.id, HISTORY_LIMIT)
+    apply(view, action, "deploymentBase", feedback,
+          deployment_effect(action, feedback, not earlier, installed([*earlier, feedback.text])))
     return Response(status=200)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..protocol import DdiExecution, DdiFinished, Event, State
+from ..protocol import DdiExecution, DdiFinished, Event, RollbackCause, State
 from .ddi_store import Action, ActionStatus
 from .errors import InvalidRequest
 
@@ -110,6 +110,7 @@ class Effect:
     committed: bool = False
     events: tuple[tuple[Event, dict], ...] = field(default_factory=tuple)
     cancel_rejected: bool = False
+    rollback: dict | None = None           # the report's last_rollback: the release failed after it was installed
 
 
 def _running_state(feedback: Feedback) -> State:
@@ -120,8 +121,20 @@ def _running_state(feedback: Feedback) -> State:
     return State.DOWNLOADING
 
 
-def deployment_effect(action: Action, feedback: Feedback, first: bool) -> Effect:
-    """A feedback on deploymentBase/{action}: `first` when the action had none before."""
+def installed(messages: list[str]) -> bool:
+    """Whether a client said it had installed the update (SWUpdate: "All Chunks Installed.",
+    "Update Installed, Testing Pending."): a failure after that is the new image failing."""
+    return any("installed" in message.lower() for message in messages)
+
+
+def deployment_effect(action: Action, feedback: Feedback, first: bool, was_installed: bool = False) -> Effect:
+    """A feedback on deploymentBase/{action}: `first` when the action had none before,
+    `was_installed` when an earlier one said the update was installed.
+
+    closed + failure after the update was installed is a rollback (SWUpdate reports it after its
+    bootloader fell back): the report's last_rollback names the release, so a rollout
+    quarantines it for the device and counts it at its failure gate, as for an MQTT device
+    that rolled back. Before that it is a failure (download, install), which a rollout retries."""
     target = {"target": action.version, "ddi_action": action.id}
     started = ((Event.UPDATE_STARTED, target),) if first else ()
     execution, finished = feedback.execution, feedback.finished
@@ -131,6 +144,10 @@ def deployment_effect(action: Action, feedback: Feedback, first: bool) -> Effect
                       events=(*started, (Event.COMMITTED, {"version": action.version, "ddi_action": action.id})))
     if execution == DdiExecution.CLOSED:
         reason = feedback.text or "the client closed the action with failure, giving no details"
+        if was_installed:
+            return Effect(ActionStatus.ERROR, State.ROLLED_BACK, reason=reason,
+                          rollback={"version": action.version, "reason": reason, "cause": RollbackCause.FIRMWARE},
+                          events=(*started, (Event.ROLLED_BACK, {**target, "reason": reason})))
         return Effect(ActionStatus.ERROR, State.FAILED, reason=reason,
                       events=(*started, (Event.FAILED, {**target, "reason": reason})))
     if execution == DdiExecution.CANCELED:

@@ -106,6 +106,7 @@ class PollView:
     action: Action | None            # the open action, if any
     attributes_at: float             # when configData last came (0: never)
     finished_at: float               # when an action last finished with success (0: never)
+    rolled_back: str | None = None   # the release that last failed after it was installed: never offered again
 
     def token_matches(self, token: str) -> bool:
         return hmac.compare_digest(token_hash(token), self.token_sha256)
@@ -169,7 +170,8 @@ class DdiStore:
         row = self._db().execute(
             "SELECT c.controller_id, c.hardware, c.token_sha256, c.offer_requested, d.version, d.last_seen, d.online, "
             "c.attributes_at, (SELECT max(updated_at) FROM ddi_actions WHERE controller_id = c.controller_id AND "
-            f"status = '{ActionStatus.FINISHED}') AS finished_at, s.version AS assigned, {_OPEN_ACTION_AS_X} "
+            f"status = '{ActionStatus.FINISHED}') AS finished_at, s.version AS assigned, {_OPEN_ACTION_AS_X}, "
+            "json_extract(d.report, '$.last_rollback.version') AS rolled_back "
             "FROM controllers c LEFT JOIN devices d ON d.device_id = c.controller_id "
             "LEFT JOIN assignments s ON s.device_id = c.controller_id "
             "LEFT JOIN ddi_actions x ON x.id = (SELECT max(id) FROM ddi_actions WHERE controller_id = c.controller_id "
@@ -180,7 +182,7 @@ class DdiStore:
         action = _action({c: row["x_" + c] for c in _ACTION_COLUMNS.split(", ")})
         return PollView(row["controller_id"], row["hardware"], row["token_sha256"], row["offer_requested"],
                         row["version"], row["last_seen"] or 0.0, bool(row["online"]), row["assigned"], action,
-                        row["attributes_at"], row["finished_at"] or 0.0)
+                        row["attributes_at"], row["finished_at"] or 0.0, row["rolled_back"])
 
     def request_offer(self, controller_id: str, now: float | None = None) -> None:
         """The DDI form of a hint: the next poll may offer the assigned release again."""
