@@ -215,6 +215,7 @@ def firmware(config: SwDeviceConfig, slot: str, trial: bool) -> int:
     if trial:
         time.sleep(config.trial_soak_s)               # the self-test: stay up this long
         log.info("firmware %s: %s", header.version, swboot.confirm(config.flash_dir))
+        config.running_file.write_text(json.dumps({"slot": slot, "version": header.version, "trial": False}))
     command = swupdate_command(config, slot)
     log.info("firmware %s: starting SWUpdate: %s", header.version, " ".join(command))
     sys.stdout.flush()
