@@ -4,10 +4,19 @@
     fota rollout create <release> [--devices a,b | --hardware H | --group G] [--phases 1,50%] ...
     fota rollout list | show <id> | watch <id> | pause <id> | resume <id> | abort <id>
     fota controllers add <name> [--hardware H] | list       hawkBit DDI clients (docs/ddi.md)
+    fota device revoke <id> | reprovision <id>             its TLS certificate (needs FOTA_CA_DIR)
 
 Readable output by default, JSON with --json. The server is FOTA_SERVER_URL (default
 http://localhost:8000); commands that change state send the bearer token from FOTA_API_TOKEN,
 or from the file FOTA_API_TOKEN_FILE names (the lab's `cli` service mounts the server's).
+Over HTTPS it verifies the server against the lab CA and presents the CLI's certificate
+(FOTA_TLS_CA, FOTA_TLS_CERT, FOTA_TLS_KEY); the token is only accepted over TLS there.
+
+`fota device revoke <id>` puts the device's certificate on the lab CA's CRL (FOTA_CA_DIR: the
+provisioner's credentials directory, which holds the CA key) and denies its identity every
+topic in the broker's ACL; the server refuses it within seconds, the broker from its next
+reload (SIGHUP; locallab sends it). `fota device reprovision <id>` issues it a new certificate.
+Both are recorded in the device's history.
 """
 from __future__ import annotations
 
@@ -17,15 +26,18 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import requests
 
 from .envconfig import ConfigError, Env
-from .protocol import Outcome, RolloutStatus
+from .protocol import Event, Outcome, RolloutStatus
+from .tlsfiles import TlsFiles
 
 BAR = 24
 QUIET_FIELDS = {"ts", "event", "device", "hardware", "image_sha256", "security_counter", "verified", "confirmed"}
 DONE = (RolloutStatus.COMPLETED, RolloutStatus.PAUSED, RolloutStatus.ABORTED)
+CERTIFICATE_ACTIONS = ("revoke", "reprovision")
 
 
 class CliError(Exception):
@@ -36,16 +48,20 @@ class CliError(Exception):
 class CliConfig:
     server_url: str = "http://localhost:8000"
     api_token: str = ""                # needed only by commands that change state
+    tls: TlsFiles | None = None        # FOTA_TLS_*: verify an https:// server against the lab CA, as the CLI
+    ca_dir: Path | None = None         # FOTA_CA_DIR: the lab CA (revoke, reprovision)
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> CliConfig:
         env = env or Env()
-        return cls(server_url=env.text("FOTA_SERVER_URL", cls.server_url), api_token=env.secret("FOTA_API_TOKEN"))
+        return cls(server_url=env.text("FOTA_SERVER_URL", cls.server_url), api_token=env.secret("FOTA_API_TOKEN"),
+                   tls=TlsFiles.from_env(env), ca_dir=env.optional_path("FOTA_CA_DIR"))
 
 
 class Api:
-    def __init__(self, url: str, token: str) -> None:
+    def __init__(self, url: str, token: str, tls: TlsFiles | None = None) -> None:
         self.url, self._token = url.rstrip("/"), token
+        self._tls = {"verify": str(tls.ca), "cert": tls.requests_cert} if tls else {}
 
     def call(self, method: str, path: str, body: dict | None = None) -> dict:
         headers = {}
@@ -55,7 +71,11 @@ class Api:
                                "FOTA_API_TOKEN_FILE (the lab keeps it in the server's /var/lib/fotalab/api-token)")
             headers["Authorization"] = f"Bearer {self._token}"
         try:
-            response = requests.request(method, f"{self.url}/api/v1{path}", json=body, headers=headers, timeout=10)
+            response = requests.request(method, f"{self.url}/api/v1{path}", json=body, headers=headers, timeout=10,
+                                        **self._tls)
+        except requests.exceptions.SSLError as exc:
+            raise CliError(f"TLS with {self.url} failed ({exc.__class__.__name__}): set FOTA_TLS_CA to the lab CA's "
+                           "ca.pem and FOTA_TLS_CERT/FOTA_TLS_KEY to the CLI's certificate (fota-provision)") from None
         except requests.RequestException as exc:
             raise CliError(f"cannot reach the server at {self.url} ({exc.__class__.__name__}): "
                            "is it up? set FOTA_SERVER_URL or --server") from None
@@ -147,7 +167,8 @@ def parser() -> argparse.ArgumentParser:
     devices = commands.add_parser("devices", help="devices the server heard of")
     devices.add_argument("--state", help="only devices in this state (e.g. committed, failed)")
     device = commands.add_parser("device", help="one device and its history")
-    device.add_argument("device_id")
+    device.add_argument("device_id", help="the device, or revoke / reprovision followed by the device")
+    device.add_argument("target", nargs="?", help=argparse.SUPPRESS)
     device.add_argument("--limit", type=int, default=20, help="last N events (default 20)")
     commands.add_parser("chaos", help="a seeded docker-kill campaign against the running lab (run on the host; "
                                       "`fota chaos --help`)")
@@ -190,7 +211,31 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def run(args: argparse.Namespace, api: Api, out=sys.stdout) -> int:
+def certificate(action: str, device_id: str, api: Api, ca_dir: Path | None) -> tuple[dict, str]:
+    """Revoke or reissue a device's certificate at the lab CA; record it in its history."""
+    from .lab.pki import LabCA  # only these two commands need the lab CA
+    from .lab.provision import write_acl
+    if ca_dir is None or not (ca_dir / "ca-private").is_dir():
+        raise CliError(f"{action} needs the lab CA: set FOTA_CA_DIR to the provisioner's credentials directory "
+                       "(the one with ca-private/)")
+    ca = LabCA(ca_dir)
+    try:
+        if action == "revoke":
+            serial, event = ca.revoke(device_id), Event.CERTIFICATE_REVOKED
+        else:
+            ca.reissue(device_id)
+            serial, event = ca.serial(device_id), Event.CERTIFICATE_REISSUED
+    except KeyError as exc:
+        raise CliError(str(exc.args[0])) from None
+    write_acl(ca_dir)
+    recorded = api.call("POST", f"/devices/{device_id}/certificate", {"event": event, "serial": f"{serial:x}"})
+    text = (f"revoked {device_id}'s certificate (serial {serial:x}): the server refuses it within seconds, the "
+            "broker from its next reload" if action == "revoke" else
+            f"issued {device_id} a new certificate (serial {serial:x}) in {ca.identity(device_id).directory}")
+    return recorded, text
+
+
+def run(args: argparse.Namespace, api: Api, out=sys.stdout, ca_dir: Path | None = None) -> int:
     emit: Callable[[object, str], None] = (
         (lambda data, text: print(json.dumps(data, indent=2), file=out)) if args.json
         else (lambda data, text: print(text, file=out)))
@@ -216,6 +261,8 @@ def run(args: argparse.Namespace, api: Api, out=sys.stdout) -> int:
         found = api.call("GET", "/devices" + (f"?state={args.state}" if args.state else ""))
         emit(found, table(found["devices"], ["device_id", "hardware", "version", "state", "online",
                                              "assigned_version", "reason"]))
+    elif args.command == "device" and args.device_id in CERTIFICATE_ACTIONS and args.target:
+        emit(*certificate(args.device_id, args.target, api, ca_dir))
     elif args.command == "device":
         found = api.call("GET", f"/devices/{args.device_id}")
         events = api.call("GET", f"/devices/{args.device_id}/history?limit=1000")["events"][-args.limit:]
@@ -268,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         config = CliConfig.from_env()
-        return run(args, Api(args.server or config.server_url, config.api_token))
+        return run(args, Api(args.server or config.server_url, config.api_token, config.tls), ca_dir=config.ca_dir)
     except (CliError, ConfigError) as exc:
         print(f"fota: {exc}", file=sys.stderr)
         return 1

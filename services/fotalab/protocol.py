@@ -71,6 +71,9 @@ class Event(StrEnum):
     FAILED = "failed"
     KEY_ROTATED = "key_rotated"
     RETRY = "retry"
+    # recorded by the server for the operator (`fota device revoke|reprovision`), in the device's history
+    CERTIFICATE_REVOKED = "certificate_revoked"
+    CERTIFICATE_REISSUED = "certificate_reissued"
 
 
 class Presence(StrEnum):

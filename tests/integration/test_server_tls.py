@@ -153,3 +153,37 @@ def test_bytes_flipped_on_the_link_end_in_a_tls_error_and_a_retry(lab, release_s
             link.stop()
     assert link.flipped >= 1
     assert device.inspect()["running"]["verified"]
+
+
+def test_fota_device_revoke_and_reprovision(lab):
+    import os
+    import signal
+    import subprocess
+    import sys
+    broker, server = lab
+    broker.ca.ensure_identities(["device-5"])
+    cli = broker.ca.identity("fota-cli")
+    env = {**os.environ, **cli.env(), "FOTA_SERVER_URL": server.url, "FOTA_API_TOKEN": TOKEN,
+           "FOTA_CA_DIR": str(broker.credentials)}
+
+    def fota(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "fotalab.cli", *args], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert get(server, "/api/v1/manifest", "device-5", params=MANIFEST).status_code == 200
+    assert "revoked device-5's certificate" in fota("device", "revoke", "device-5")
+    revoked_at = time.monotonic()
+    broker.process.send_signal(signal.SIGHUP)        # what the lab's broker does when the CRL changes
+    while get(server, "/api/v1/manifest", "device-5", params=MANIFEST).status_code != 403:
+        assert time.monotonic() - revoked_at < 10
+        time.sleep(0.5)
+    with pytest.raises(ConnectionRefusedError):
+        FleetWatcher("127.0.0.1", broker.tls_port, tls=broker.tls_files("device-5")).close()
+    assert time.monotonic() - revoked_at < 10
+    assert "new certificate" in fota("device", "reprovision", "device-5")
+    broker.process.send_signal(signal.SIGHUP)
+    assert get(server, "/api/v1/manifest", "device-5", params=MANIFEST).status_code == 200
+    FleetWatcher("127.0.0.1", broker.tls_port, tls=broker.tls_files("device-5")).close()
+    history = fota("device", "device-5")
+    assert "certificate_revoked" in history and "certificate_reissued" in history

@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import time
 from collections.abc import Callable
 
 from flask import Blueprint, Response, jsonify, request
 
-from ..protocol import Command
+from ..protocol import Command, Event
 from . import assignment, offer, rollouts
 from .artifacts import ReleaseIndex
 from .auth import token_problem
@@ -145,6 +146,18 @@ def put_assignment(device_id: str) -> Response:
 def delete_assignment(device_id: str) -> Response:
     services().registry.clear_assignment(checked_device_id(device_id))
     return Response(status=204)
+
+
+@blueprint.post("/devices/<device_id>/certificate")
+def certificate_event(device_id: str) -> tuple[Response, int]:
+    """The operator revoked or reissued the device's certificate (`fota device revoke|reprovision`): its history."""
+    body = request.get_json(silent=True) or {}
+    kinds = (Event.CERTIFICATE_REVOKED, Event.CERTIFICATE_REISSUED)
+    if body.get("event") not in kinds or not isinstance(body.get("serial"), str):
+        raise InvalidRequest(f"send {{\"event\": one of {', '.join(kinds)}, \"serial\": \"<hex>\"}}")
+    event = {"event": body["event"], "serial": body["serial"][:64], "ts": round(time.time(), 3)}
+    services().registry.record_event(checked_device_id(device_id), event)
+    return jsonify(event), 201
 
 
 @blueprint.post("/devices/<device_id>/trigger")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..protocol import RolloutStatus
+from ..protocol import Event, RolloutStatus
 from .rollouts import ON_FAILURE, Action, Actor
 
 JSON = "application/json"
@@ -208,6 +208,15 @@ def openapi_document() -> dict[str, Any]:
                 "delete": {"summary": "back to the server's default release", "security": SECURED,
                            "parameters": [DEVICE_ID],
                            "responses": {"204": {"description": "removed (or there was none)"}, "401": ERROR}}},
+            "/api/v1/devices/{device_id}/certificate": {"post": {
+                "summary": "record that the operator revoked or reissued the device's TLS certificate (its history)",
+                "security": SECURED, "parameters": [DEVICE_ID],
+                "requestBody": {"required": True, "content": {JSON: {"schema": {
+                    "type": "object", "required": ["event", "serial"], "properties": {
+                        "event": {"enum": [Event.CERTIFICATE_REVOKED.value, Event.CERTIFICATE_REISSUED.value]},
+                        "serial": {"type": "string", "description": "the certificate's serial, hex"}}}}}},
+                "responses": {"201": _json({"type": "object"}, "recorded"), "400": ERROR, "401": ERROR,
+                              "403": ERROR}}},
             "/api/v1/devices/{device_id}/trigger": {"post": {
                 "summary": "send the device the update hint {\"cmd\": \"update\"} over MQTT (within a second)",
                 "security": SECURED, "parameters": [DEVICE_ID],
