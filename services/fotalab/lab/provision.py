@@ -11,12 +11,19 @@ identities are added when the fleet grows. Writes, under the credentials directo
     passwd                   mosquitto password file ($7$: PBKDF2-SHA512, as mosquitto_passwd)
     acl                      mosquitto ACL
     <identity>.password      the clear password, read by that identity's own process
+
+Virtual devices (`fota-fleetsim`, FOTA_SIM_DEVICES of them, ids sim-00001...) get no file each:
+their passwords derive from one secret (HMAC-SHA256 of the id), written to the fleet
+simulator's own directory (FOTA_SIM_CREDENTIALS_DIR, a volume only it and this job mount), so
+10,000 identities are one file to hand over. The broker sees ordinary password entries and the
+same ACL patterns (%u) confine each to its own topics. Hashing 10,000 entries takes seconds.
 """
 from __future__ import annotations
 
 import argparse
 import base64
 import hashlib
+import hmac
 import os
 import secrets
 import sys
@@ -32,6 +39,18 @@ SERVER = "fota-server"
 HEALTH = "fota-health"
 MOSQUITTO_UID = 1883      # the mosquitto user in eclipse-mosquitto:2 and in the offline image
 ITERATIONS = 101          # mosquitto_passwd's default
+SIM_SECRET = "fleetsim.secret"
+SIM_PREFIX = "sim-"
+
+
+def sim_device_id(number: int) -> str:
+    """The id of virtual device `number` (1-based): sim-00001, apart from the lab's device-N."""
+    return f"{SIM_PREFIX}{number:05d}"
+
+
+def sim_password(secret: bytes, device_id: str) -> str:
+    """A virtual device's MQTT password: derived from the simulator's secret and its id."""
+    return base64.urlsafe_b64encode(hmac.new(secret, device_id.encode(), hashlib.sha256).digest()[:18]).decode()
 
 
 def password_hash(password: str, salt: bytes | None = None) -> str:
@@ -61,8 +80,9 @@ class Credentials:
     def password(self, identity: str) -> str:
         return (self.directory / f"{identity}.password").read_text().strip()
 
-    def provision(self, identities: list[str]) -> list[str]:
-        """Make sure every identity has a password; returns the ones created now."""
+    def provision(self, identities: list[str], *, sim_devices: int = 0, sim_directory: Path | None = None) -> list[str]:
+        """Make sure every identity has a password; returns the ones created now. With `sim_devices`,
+        also the virtual devices sim-00001.. (their secret in `sim_directory`, default <directory>/fleetsim)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         created = []
         for identity in identities:
@@ -71,9 +91,28 @@ class Credentials:
                 _write(path, secrets.token_urlsafe(18) + "\n", 0o600)
                 created.append(identity)
         known = sorted(p.name.removesuffix(".password") for p in self.directory.glob("*.password"))
-        _write(self.directory / "passwd", "".join(f"{i}:{password_hash(self.password(i))}\n" for i in known), 0o640)
+        entries = [f"{i}:{password_hash(self.password(i))}\n" for i in known]
+        if sim_devices:
+            secret = sim_secret(sim_directory or self.directory / "fleetsim")
+            entries += [f"{d}:{password_hash(sim_password(secret, d))}\n"
+                        for d in map(sim_device_id, range(1, sim_devices + 1))]
+        _write(self.directory / "passwd", "".join(entries), 0o640)
         _write(self.directory / "acl", acl(LabCA(self.directory).revoked_identities()), 0o640)
         return created
+
+
+def write_acl(directory: Path) -> None:
+    """Rewrite only the ACL (after a revocation or a reissue): the broker applies it on SIGHUP."""
+    _write(directory / "acl", acl(LabCA(directory).revoked_identities()), 0o640)
+
+
+def sim_secret(directory: Path) -> bytes:
+    """The virtual devices' secret, made on first use and kept."""
+    path = directory / SIM_SECRET
+    if not path.exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        _write(path, secrets.token_urlsafe(32) + "\n", 0o600)
+    return path.read_text().strip().encode()
 
 
 def _write(path: Path, text: str, mode: int) -> None:
@@ -94,12 +133,16 @@ class ProvisionConfig:
     """Where the credentials go and for how many devices; the flags default to these."""
     directory: Path = Path("/credentials")
     fleet_size: int = 3
+    sim_devices: int = 0                 # virtual devices of fota-fleetsim (sim-00001 ...)
+    sim_directory: Path | None = None    # where their secret goes; default <directory>/fleetsim
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> ProvisionConfig:
         env = env or Env()
         return cls(directory=env.path("FOTA_CREDENTIALS_DIR", cls.directory),
-                   fleet_size=env.integer("FOTA_FLEET_SIZE", cls.fleet_size, minimum=0, maximum=100_000))
+                   fleet_size=env.integer("FOTA_FLEET_SIZE", cls.fleet_size, minimum=0, maximum=100_000),
+                   sim_devices=env.integer("FOTA_SIM_DEVICES", cls.sim_devices, minimum=0, maximum=99_999),
+                   sim_directory=env.optional_path("FOTA_SIM_CREDENTIALS_DIR"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,9 +155,12 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--directory", type=Path, default=config.directory)
     parser.add_argument("--fleet-size", type=int, default=config.fleet_size)
+    parser.add_argument("--sim-devices", type=int, default=config.sim_devices)
     args = parser.parse_args(argv)
-    created = Credentials(args.directory).provision(fleet_identities(args.fleet_size))
-    print(f"fota-provision: {args.fleet_size} devices; new credentials: {', '.join(created) or 'none'}")
+    created = Credentials(args.directory).provision(fleet_identities(args.fleet_size), sim_devices=args.sim_devices,
+                                                    sim_directory=config.sim_directory)
+    print(f"fota-provision: {args.fleet_size} devices, {args.sim_devices} virtual devices; "
+          f"new credentials: {', '.join(created) or 'none'}")
     return 0
 
 
