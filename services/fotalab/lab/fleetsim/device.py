@@ -152,9 +152,9 @@ class VirtualDevice:
         if behaviour is Behaviour.HANG:
             await asyncio.sleep(config.watchdog_s)
             return f"{ResetReason.WATCHDOG}: no kick for {config.watchdog_s:.0f} s"
-        session = self._session = Session(self.device_id, config.mqtt_host, config.mqtt_port, self.password,
+        session = self._session = Session(self.device_id, self.fleet.broker_host, config.mqtt_port, self.password,
                                           keepalive_s=config.keepalive_s, on_error=self.fleet.mqtt_error,
-                                          on_sent=self.fleet.publish_latency.add)
+                                          on_sent=self.fleet.sent, on_connected=self.fleet.connect_latency.add)
         session.start()
         firmware = self._firmware(flash, plan, verifier, reason, session)
         if behaviour is not Behaviour.CRASH_AFTER:

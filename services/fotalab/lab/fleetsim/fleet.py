@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import random
+import socket
 import threading
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ from .parts import Latencies, SharedHttp, patcher
 
 log = logging.getLogger("fotalab.fleetsim")
 STATUS_EVERY_S = 1.0
+PERCENTILES_EVERY_S = 5.0
 
 
 def process_memory_mib() -> tuple[float, float]:
@@ -53,6 +55,8 @@ class Fleet:
         self.http = SharedHttp(config.server_url, timeout_s=config.http_timeout_s, chunk_size=config.chunk_size)
         self.patcher = patcher(config.patch, config.chunk_size)
         self.publish_latency = Latencies()      # a report made -> its PUBACK from the broker
+        self.queued_latency = Latencies()       # of which: made -> handed to the MQTT client
+        self.connect_latency = Latencies()      # session start -> CONNACK and subscriptions
         self.factory_image = config.factory_dir / f"{config.hardware}.img"
         self.trust_anchor = config.factory_dir / "trust.pem"
         secret = config.secret.encode()
@@ -68,6 +72,9 @@ class Fleet:
         self.bricked: dict[str, str] = {}
         self.started = time.time()
         self.powered_on = 0
+        self.broker_host = config.mqtt_host
+        self._percentiles_at = -PERCENTILES_EVERY_S
+        self._percentiles: tuple = (None,) * 6
 
     # -- what the devices tell the fleet (from engine threads and the loop)
     def observe(self, device: VirtualDevice, kind: str, word: str | None, body: dict) -> None:
@@ -76,6 +83,10 @@ class Fleet:
                 self.events[word] += 1
         if word == Event.COMMITTED:
             device.version = str(body.get("version") or device.version)
+
+    def sent(self, seconds: float, queued: float) -> None:
+        self.publish_latency.add(seconds)
+        self.queued_latency.add(queued)
 
     def cut(self, device: VirtualDevice) -> None:
         with self._lock:
@@ -99,20 +110,33 @@ class Fleet:
             self.mqtt_errors += 1
 
     # -- the run
+    def broker_address(self) -> str:
+        """The broker's address, resolved once: 10,000 connects (and reconnects after every reboot)
+        need not ask the resolver (Docker's embedded DNS in the lab) 10,000 times."""
+        try:
+            return socket.getaddrinfo(self.config.mqtt_host, self.config.mqtt_port, type=socket.SOCK_STREAM)[0][4][0]
+        except OSError:
+            return self.config.mqtt_host
+
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
+        # aiomqtt runs paho's blocking connect in the loop's default executor: room for a reboot wave
+        loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="fleetsim-connect"))
+        self.broker_host = await loop.run_in_executor(None, self.broker_address)
         helpers = [loop.create_task(self._write_status_forever())]
         if self.config.cut_every_s:
             helpers.append(loop.create_task(self._cut_forever()))
         lives = []
         log.info("powering on %d virtual devices at %.0f/s (engine pool: %d threads)", len(self.devices),
                  self.config.power_on_rate, self.config.workers)
-        for device in self.devices:
+        wave = max(1, int(self.config.power_on_rate / 10))         # ten waves a second
+        for start in range(0, len(self.devices), wave):
             if stop.is_set():
                 break
-            lives.append(loop.create_task(device.live(), name=device.device_id))
-            self.powered_on += 1
-            await asyncio.sleep(1 / self.config.power_on_rate)
+            for device in self.devices[start: start + wave]:
+                lives.append(loop.create_task(device.live(), name=device.device_id))
+                self.powered_on += 1
+            await asyncio.sleep(wave / self.config.power_on_rate)
         log.info("all %d virtual devices powered on in %.1f s", len(lives), time.time() - self.started)
         await stop.wait()
         for task in lives + helpers:
@@ -134,13 +158,19 @@ class Fleet:
             self.write_status()
             await asyncio.sleep(STATUS_EVERY_S)
 
-    def status(self) -> dict:
+    def status(self, final: bool = False) -> dict:
         rss, peak = process_memory_mib()
         with self._lock:
             events, cuts, errors = dict(self.events), dict(self.cuts_by_state), list(self.errors)
             boots, mqtt_errors = self.boots, self.mqtt_errors
-        p50, p99 = (self.http.manifest_latency.percentile(q) for q in (0.5, 0.99))
-        sent_p99 = self.publish_latency.percentile(0.99)
+        now = time.monotonic()
+        if final or now - self._percentiles_at >= PERCENTILES_EVERY_S:      # sorting 100,000s of samples
+            self._percentiles_at = now
+            manifest, connect = self.http.manifest_latency, self.connect_latency
+            self._percentiles = (manifest.percentile(0.5), manifest.percentile(0.99),
+                                 self.publish_latency.percentile(0.99), self.queued_latency.percentile(0.99),
+                                 connect.percentile(0.5), connect.percentile(0.99))
+        p50, p99, sent_p99, queued_p99, connect_p50, connect_p99 = self._percentiles
         return {
             "ts": round(time.time(), 3), "started": round(self.started, 3), "devices": len(self.devices),
             "powered_on": self.powered_on, "online": sum(d.online for d in self.devices),
@@ -155,6 +185,10 @@ class Fleet:
             "manifest_p99_ms": round(p99 * 1000, 1) if p99 is not None else None,
             "reports_sent": len(self.publish_latency.values),
             "report_to_puback_p99_ms": round(sent_p99 * 1000, 1) if sent_p99 is not None else None,
+            "report_queued_p99_ms": round(queued_p99 * 1000, 1) if queued_p99 is not None else None,
+            "connects": len(self.connect_latency.values),
+            "connect_p50_ms": round(connect_p50 * 1000, 1) if connect_p50 is not None else None,
+            "connect_p99_ms": round(connect_p99 * 1000, 1) if connect_p99 is not None else None,
             "rss_mib": round(rss, 1), "peak_rss_mib": round(peak, 1), "threads": threading.active_count(),
         }
 

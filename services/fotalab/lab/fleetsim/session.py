@@ -23,28 +23,43 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 import socket
 import time
 
 import aiomqtt
+import paho.mqtt.client as mqtt
 
 from ...protocol import FLEET_COMMANDS, Presence, device_topic
 
 log = logging.getLogger("fotalab.fleetsim")
 PUBLISH_TIMEOUT_S = 30.0
+MISC_EVERY_S = 10.0         # paho's housekeeping (keepalive pings) per client; keepalive is 60 s
+
+
+class Client(aiomqtt.Client):
+    """aiomqtt's client with paho's housekeeping every MISC_EVERY_S (spread out) instead of every
+    second: at 10,000 clients the one-second timers alone kept the event loop busy. The broker
+    allows 1.5 keepalives of silence, so a ping up to 10 s late is on time."""
+
+    async def _misc_loop(self) -> None:
+        await asyncio.sleep(random.uniform(0, MISC_EVERY_S))
+        while self._client.loop_misc() == mqtt.MQTT_ERR_SUCCESS:
+            await asyncio.sleep(MISC_EVERY_S)
 
 
 class Session:
     def __init__(self, device_id: str, host: str, port: int, password: str, *, keepalive_s: int,
-                 on_error=lambda exc: None, on_sent=lambda seconds: None) -> None:
+                 on_error=lambda exc: None, on_sent=lambda seconds, waited: None,
+                 on_connected=lambda seconds: None) -> None:
         self.device_id = device_id
         self._host, self._port, self._password, self._keepalive = host, port, password, keepalive_s
-        self._on_error, self._on_sent = on_error, on_sent
+        self._on_error, self._on_sent, self._on_connected = on_error, on_sent, on_connected
         self.commands: asyncio.Queue[dict] = asyncio.Queue()
         # (topic, payload, retain, time.time() when the device made the report)
         self.outbox: asyncio.Queue[tuple[str, str, bool, float]] = asyncio.Queue()
         self.connected = asyncio.Event()
-        self._client: aiomqtt.Client | None = None
+        self._client: Client | None = None
         self._task: asyncio.Task | None = None
         self._pending: tuple[str, str, bool, float] | None = None
 
@@ -55,8 +70,9 @@ class Session:
         status = device_topic(self.device_id, "status")
         delay = 1.0
         while True:
+            started = time.monotonic()
             try:
-                client = aiomqtt.Client(self._host, self._port, identifier=f"fota-{self.device_id}",
+                client = Client(self._host, self._port, identifier=f"fota-{self.device_id}",
                                         username=self.device_id, password=self._password,
                                         will=aiomqtt.Will(status, Presence.OFFLINE, qos=1, retain=True),
                                         clean_session=False, keepalive=self._keepalive, timeout=PUBLISH_TIMEOUT_S)
@@ -65,6 +81,7 @@ class Session:
                     await client.subscribe([(device_topic(self.device_id, "cmd"), 1), (FLEET_COMMANDS, 1)])
                     await client.publish(status, Presence.ONLINE, qos=1, retain=True)
                     self.connected.set()
+                    self._on_connected(time.monotonic() - started)
                     delay = 1.0
                     await self._serve(client)
             except aiomqtt.MqttError as exc:
@@ -91,9 +108,10 @@ class Session:
                         raise aiomqtt.MqttError("message iteration ended")
                     self._pending = getter.result()
                 topic, payload, retain, made = self._pending
+                sending = time.time()
                 await client.publish(topic, payload, qos=1, retain=retain)
                 self._pending = None
-                self._on_sent(time.time() - made)        # report made -> acknowledged by the broker
+                self._on_sent(time.time() - made, sending - made)   # made -> PUBACK, of which queued here
         finally:
             receiver.cancel()
             if getter is not None and not getter.done():
@@ -122,8 +140,12 @@ class Session:
         await self.drained(timeout_s)
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+            try:
                 await asyncio.wait_for(self._task, timeout_s)
+            except (asyncio.CancelledError, aiomqtt.MqttError):
+                pass
+            except TimeoutError:              # no DISCONNECT acknowledged in time: drop the connection
+                self.kill()
 
     def kill(self) -> None:
         """A power cut: the connection just dies, unsent reports with it; the broker sends the will."""
