@@ -137,6 +137,10 @@ class Fleet:
                 lives.append(loop.create_task(device.live(), name=device.device_id))
                 self.powered_on += 1
             await asyncio.sleep(wave / self.config.power_on_rate)
+            # no faster than the engine pool boots them: a deep queue of first boots would hold
+            # back the reboots of devices already updating (the pool is first come, first served)
+            while self.powered_on - self.boots > 2 * wave and not stop.is_set():
+                await asyncio.sleep(0.05)
         log.info("all %d virtual devices powered on in %.1f s", len(lives), time.time() - self.started)
         await stop.wait()
         for task in lives + helpers:

@@ -38,14 +38,56 @@ MISC_EVERY_S = 10.0         # paho's housekeeping (keepalive pings) per client; 
 
 
 class Client(aiomqtt.Client):
-    """aiomqtt's client with paho's housekeeping every MISC_EVERY_S (spread out) instead of every
-    second: at 10,000 clients the one-second timers alone kept the event loop busy. The broker
-    allows 1.5 keepalives of silence, so a ping up to 10 s late is on time."""
+    """aiomqtt's client with two changes that only matter at thousands of connections:
+
+    - paho's housekeeping every MISC_EVERY_S (spread out) instead of every second: at 10,000
+      clients the one-second timers alone kept the event loop busy. The broker allows 1.5
+      keepalives of silence, so a ping up to 10 s late is on time.
+    - aiomqtt registers a socket's reader and writer with the loop later (call_soon_threadsafe),
+      by file descriptor number. When the socket is closed in between (a reboot, a power cut),
+      the number may already belong to another device's new socket, and registering it would
+      take over that socket's writer: its CONNECT or reports would never be sent (devices stuck
+      in "rebooting" at 1,000). Here a registration is skipped unless the socket is still the
+      client's own.
+    """
 
     async def _misc_loop(self) -> None:
         await asyncio.sleep(random.uniform(0, MISC_EVERY_S))
         while self._client.loop_misc() == mqtt.MQTT_ERR_SUCCESS:
             await asyncio.sleep(MISC_EVERY_S)
+
+    def _failed(self, exc: Exception) -> None:
+        if not self._disconnected.done():
+            self._disconnected.set_exception(exc)
+
+    def _on_socket_open(self, client: mqtt.Client, userdata, sock) -> None:
+        fd = sock.fileno()
+
+        def read() -> None:
+            try:
+                client.loop_read()
+            except Exception as exc:           # a broken connection: aiomqtt's own handling
+                self._failed(exc)
+
+        def register() -> None:
+            if client.socket() is sock:         # still open, so the number is still this socket's
+                self._loop.add_reader(fd, read)
+                self._misc_task = self._loop.create_task(self._misc_loop())
+        self._loop.call_soon_threadsafe(register)
+
+    def _on_socket_register_write(self, client: mqtt.Client, userdata, sock) -> None:
+        fd = sock.fileno()
+
+        def write() -> None:
+            try:
+                client.loop_write()
+            except Exception as exc:
+                self._failed(exc)
+
+        def register() -> None:
+            if client.socket() is sock:
+                self._loop.add_writer(fd, write)
+        self._loop.call_soon_threadsafe(register)
 
 
 class Session:
