@@ -115,3 +115,24 @@ def test_services_read_their_tls_files_from_the_environment(tmp_path):
         TlsFiles.from_env(Env({"FOTA_TLS_CA": "/c/ca.pem", "FOTA_TLS_CERT": "/c/cert.pem"}))
     with pytest.raises(ConfigError, match="without FOTA_TLS_CA"):
         TlsFiles.from_env(Env({"FOTA_TLS_CERT": "/c/cert.pem", "FOTA_TLS_KEY": "/c/key.pem"}))
+
+
+def test_a_ddi_poll_answered_before_flask_is_refused_for_another_controller(tmp_path):
+    ca = LabCA(tmp_path / "ca")
+    ca.ensure_identities(["device-1"])
+    seen, sent = [], []
+
+    async def app(scope, receive, send):
+        seen.append(scope["path"])
+
+    async def send(message):
+        sent.append(message)
+
+    layer = ClientCertificates(app, ca.crl_path)
+    peer = ("device-1", ca.serial("device-1"))
+    asyncio.run(layer({"type": "http", "path": "/DEFAULT/controller/v1/device-2", PEER: peer}, None, send))
+    assert sent[0]["status"] == 403 and seen == []
+    for path in ("/DEFAULT/controller/v1/device-1", "/DEFAULT/controller/v1/device-1/deploymentBase/3",
+                 "/api/v1/releases"):
+        asyncio.run(layer({"type": "http", "path": path, PEER: peer}, None, send))
+    assert len(seen) == 3

@@ -13,7 +13,8 @@ the identity in the scope for Flask (`client_identity`).
 
 Rules (`identity_problem`, before every Flask request when TLS is on): the manifest is only
 for a client certificate (the device's identity comes from it); a device's certificate may
-only name itself (a `device` query parameter, a device or controller id in the path);
+only name itself (a `device` query parameter, a device or controller id in the path; the DDI
+base resource, answered in front of Flask by ddi_polls.py, is checked in ClientCertificates);
 another identity is 403. A device's certificate never reaches the API's write endpoints.
 The bearer token is only accepted over TLS (auth.token_problem's caller checks the scheme).
 """
@@ -23,6 +24,7 @@ import json
 import threading
 import time
 from pathlib import Path
+from urllib.parse import unquote
 
 from cryptography import x509
 from flask import Request, request
@@ -37,6 +39,7 @@ SERVICE_IDENTITIES = frozenset({"fota-server", "fota-cli", "fota-health"})   # o
 DEVICE_VIEW_ARGS = ("device_id", "controller_id")
 DEVICE_QUERY = "device"
 WRITE_PREFIX = "/api/"
+DDI_PATH = ("controller", "v1")          # hawkBit DDI: /<tenant>/controller/v1/<controller id>/...
 CERTIFICATE_ENDPOINTS = frozenset({"api.manifest"})     # only a device asks these, and only with its certificate
 
 
@@ -114,16 +117,31 @@ class ClientCertificates:
         if peer:
             identity, serial = peer
             if self._revocations.revoked(serial):
-                body = json.dumps({"error": f"the certificate of {identity} (serial {serial:x}) is revoked: "
-                                   "the operator re-provisions it with `fota device reprovision`",
-                                   "status": Forbidden.status}).encode()
-                await send({"type": "http.response.start", "status": Forbidden.status,
-                            "headers": [(b"content-type", b"application/json"),
-                                        (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
-                await send({"type": "http.response.body", "body": body})
-                return
+                return await refuse(send, f"the certificate of {identity} (serial {serial:x}) is revoked: the "
+                                    "operator re-provisions it with `fota device reprovision`", close=True)
             scope[IDENTITY] = identity
+            claimed = ddi_controller(scope.get("path", ""))
+            if claimed is not None and identity not in SERVICE_IDENTITIES and claimed != identity:
+                # DDI polls are answered in front of Flask (ddi_polls.py): the rule is enforced here too
+                return await refuse(send, f"this certificate is {identity}'s: it may not ask as {claimed[:80]!r}")
         await self._app(scope, receive, send)
+
+
+def ddi_controller(path: str) -> str | None:
+    """The controller id a hawkBit DDI path names (/<tenant>/controller/v1/<controller id>/...), or None."""
+    parts = path.split("/")
+    if len(parts) >= 5 and parts[2:4] == list(DDI_PATH) and parts[4]:
+        return unquote(parts[4])
+    return None
+
+
+async def refuse(send: Send, message: str, *, close: bool = False) -> None:
+    """A 403 with the server's error body, from the ASGI layer."""
+    body = json.dumps({"error": message, "status": Forbidden.status}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": Forbidden.status,
+                "headers": headers + ([(b"connection", b"close")] if close else [])})
+    await send({"type": "http.response.body", "body": body})
 
 
 def client_identity(request: Request) -> str | None:
