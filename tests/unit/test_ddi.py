@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from fotalab.cli import release_row
 from fotalab.server import rollout_engine
 from fotalab.server.ddi_store import DdiStore
 from server_samples import TOKEN, http_client, make_app
@@ -416,3 +417,21 @@ def test_a_controller_that_stops_polling_goes_offline(client, registry):
     assert client.get("/api/v1/devices/ctl-1").json["online"] is False
     poll(client, token)
     assert online_soon(client)
+
+
+def test_a_controller_is_on_the_dashboard_with_its_state(client):
+    token = enrol(client)
+    assign(client)
+    post_feedback(client, token, offered_action(client, token), feedback("proceeding", progress={"cnt": 1, "of": 2}))
+    [device] = client.get("/api/v1/dashboard").json["devices"]
+    assert (device["device_id"], device["state"], device["progress"], device["hardware"]) == \
+        ("ctl-1", "downloading", 0.5, "m4")
+
+
+def test_fota_releases_shows_a_swu_and_its_deltas_against_the_whole(client):
+    release = {"version": "2.0.0", "deltas": [], "artifacts": [{"kind": "image", "length": 524746}],
+               "swu": {"sha256": "a" * 64, "length": 527360},
+               "swu_deltas": [{"base_version": "1.0.0", "length": 108032, "sha256": "b" * 64}]}
+    row = release_row(release, "2.0.0")
+    assert (row["swu_bytes"], row["swu_delta_bytes"]) == (527360, "108032 from 1.0.0 (0.20 of full)")
+    assert release_row({"version": "1.0.0", "deltas": []}, "2.0.0")["swu_bytes"] is None
