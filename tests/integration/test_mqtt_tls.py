@@ -13,7 +13,7 @@ import pytest
 
 from fotalab.lab import locallab
 from fotalab.lab.pki import LabCA
-from fotalab.protocol import device_topic
+from fotalab.protocol import Command, device_topic
 from fotalab.tlsfiles import TlsFiles
 
 pytestmark = pytest.mark.integration
@@ -158,3 +158,21 @@ def test_a_revoked_certificate_is_refused_within_10_s_without_a_restart_and_a_ne
     while not session(tls_broker.tls_files("device-3"), "fota-device-3").accepted(2):
         assert time.monotonic() < deadline, "the reissued certificate is not accepted"
         time.sleep(0.5)
+
+
+def test_fota_trigger_sends_a_command_over_tls_as_the_server(tls_broker, session):
+    import os
+    import subprocess
+    import sys
+    device = session(tls_broker.tls_files("device-1"), "fota-device-1")
+    assert device.accepted()
+    device.client.subscribe(device_topic("device-1", "cmd"), qos=1)
+    time.sleep(0.5)
+    env = {**os.environ, **tls_broker.ca.identity("fota-server").env()}
+    done = subprocess.run([sys.executable, "-m", "fotalab.lab.trigger", "--host", "127.0.0.1", "--port",
+                           str(tls_broker.tls_port), "device-1"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    deadline = time.monotonic() + 5
+    while not device.inbox and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert device.inbox and json.loads(device.inbox[0][1])["cmd"] == Command.UPDATE

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..envconfig import ConfigError, Env
 from ..protocol import Command
+from ..tlsfiles import TlsFiles
 from .fleetwatch import FleetWatcher
 from .provision import SERVER
 
@@ -24,6 +25,7 @@ class TriggerConfig:
     mqtt_username: str = SERVER
     mqtt_password: str = ""
     password_file: Path = Path(f"/credentials/{SERVER}.password")
+    tls: TlsFiles | None = None        # FOTA_TLS_*: over TLS, as the certificate's identity (no password)
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> TriggerConfig:
@@ -33,7 +35,8 @@ class TriggerConfig:
                    mqtt_port=env.integer("FOTA_MQTT_PORT", d.mqtt_port, minimum=1, maximum=65535),
                    mqtt_username=env.text("FOTA_MQTT_USERNAME", d.mqtt_username),
                    mqtt_password=env.text("FOTA_MQTT_PASSWORD", ""),
-                   password_file=env.path("FOTA_MQTT_PASSWORD_FILE", d.password_file))
+                   password_file=env.path("FOTA_MQTT_PASSWORD_FILE", d.password_file),
+                   tls=TlsFiles.from_env(env))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,10 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.all and not args.devices:
         parser.error("name at least one device (e.g. device-1) or use --all")
-    password = config.mqtt_password or (
+    password = "" if config.tls else config.mqtt_password or (
         args.password_file.read_text().strip() if args.password_file.exists() else "")
     try:
-        watcher = FleetWatcher(args.host, args.port, username=args.username, password=password)
+        watcher = FleetWatcher(args.host, args.port, username="" if config.tls else args.username,
+                               password=password, tls=config.tls)
     except (OSError, ConnectionRefusedError) as exc:
         print(f"fota-trigger: cannot reach the MQTT broker at {args.host}:{args.port} ({exc}); "
               "is the lab up (docker compose ps)?", file=sys.stderr)
