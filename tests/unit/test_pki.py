@@ -112,3 +112,16 @@ def test_the_acl_denies_every_topic_to_an_identity_whose_current_certificate_is_
     assert ca.revoked_identities() == []
     Credentials(ca.directory).provision(["device-1", "device-2"])
     assert "topic deny" not in (ca.directory / "acl").read_text()
+
+
+def test_fota_provision_tls_makes_the_ca_and_keeps_it(tmp_path, capsys):
+    from fotalab.lab.provision import main
+    assert main(["--directory", str(tmp_path), "--fleet-size", "2", "--tls"]) == 0
+    made = "new certificates: tls-server, fota-server, fota-health, device-1, device-2, fota-cli"
+    assert made in capsys.readouterr().out
+    first = (tmp_path / "device-1" / "cert.pem").read_bytes()
+    assert main(["--directory", str(tmp_path), "--fleet-size", "3", "--tls"]) == 0
+    assert "new certificates: device-3" in capsys.readouterr().out
+    assert (tmp_path / "device-1" / "cert.pem").read_bytes() == first
+    assert main(["--directory", str(tmp_path / "plain"), "--fleet-size", "1"]) == 0
+    assert not (tmp_path / "plain" / "ca-private").exists()

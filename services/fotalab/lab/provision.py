@@ -33,7 +33,7 @@ from pathlib import Path
 
 from ..envconfig import ConfigError, Env
 from ..protocol import FLEET_COMMANDS, PREFIX
-from .pki import LabCA
+from .pki import CLI, TLS_SERVER, LabCA
 
 SERVER = "fota-server"
 HEALTH = "fota-health"
@@ -135,6 +135,7 @@ class ProvisionConfig:
     fleet_size: int = 3
     sim_devices: int = 0                 # virtual devices of fota-fleetsim (sim-00001 ...)
     sim_directory: Path | None = None    # where their secret goes; default <directory>/fleetsim
+    tls: bool = False                    # FOTA_PROVISION_TLS: also the lab CA and a certificate per identity
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> ProvisionConfig:
@@ -142,7 +143,8 @@ class ProvisionConfig:
         return cls(directory=env.path("FOTA_CREDENTIALS_DIR", cls.directory),
                    fleet_size=env.integer("FOTA_FLEET_SIZE", cls.fleet_size, minimum=0, maximum=100_000),
                    sim_devices=env.integer("FOTA_SIM_DEVICES", cls.sim_devices, minimum=0, maximum=99_999),
-                   sim_directory=env.optional_path("FOTA_SIM_CREDENTIALS_DIR"))
+                   sim_directory=env.optional_path("FOTA_SIM_CREDENTIALS_DIR"),
+                   tls=env.flag("FOTA_PROVISION_TLS", cls.tls))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,11 +158,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--directory", type=Path, default=config.directory)
     parser.add_argument("--fleet-size", type=int, default=config.fleet_size)
     parser.add_argument("--sim-devices", type=int, default=config.sim_devices)
+    parser.add_argument("--tls", action=argparse.BooleanOptionalAction, default=config.tls,
+                        help="also the lab CA (lab/pki.py): a certificate per identity, the broker's, a CRL")
     args = parser.parse_args(argv)
     created = Credentials(args.directory).provision(fleet_identities(args.fleet_size), sim_devices=args.sim_devices,
                                                     sim_directory=config.sim_directory)
     print(f"fota-provision: {args.fleet_size} devices, {args.sim_devices} virtual devices; "
           f"new credentials: {', '.join(created) or 'none'}")
+    if args.tls:
+        # the broker drops to its own user: its key must be its own
+        issued = LabCA(args.directory, owners={TLS_SERVER: MOSQUITTO_UID}).ensure_identities(
+            [*fleet_identities(args.fleet_size), CLI])
+        print(f"fota-provision: TLS identities under {args.directory}; new certificates: {', '.join(issued) or 'none'}")
     return 0
 
 
