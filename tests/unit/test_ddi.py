@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 import time
 
 import pytest
@@ -435,3 +436,17 @@ def test_fota_releases_shows_a_swu_and_its_deltas_against_the_whole(client):
     row = release_row(release, "2.0.0")
     assert (row["swu_bytes"], row["swu_delta_bytes"]) == (527360, "108032 from 1.0.0 (0.20 of full)")
     assert release_row({"version": "1.0.0", "deltas": []}, "2.0.0")["swu_bytes"] is None
+
+
+def test_a_poll_the_event_loop_cannot_read_at_once_is_answered_from_the_pool(client, monkeypatch):
+    token = enrol(client)
+    real, waits = DdiStore.poll_view, []
+
+    def busy_on_the_loop(self, controller_id):
+        waits.append(self.registry._timeout)
+        if self.registry._timeout < 1:             # the loop's connections give up at once (ddi_polls.READ_WAIT_S)
+            raise sqlite3.OperationalError("database is locked")
+        return real(self, controller_id)
+    monkeypatch.setattr(DdiStore, "poll_view", busy_on_the_loop)
+    assert poll(client, token)["config"] == {"polling": {"sleep": "00:00:10"}}
+    assert waits == [0.02, 10.0]

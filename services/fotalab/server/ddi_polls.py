@@ -2,15 +2,19 @@
 
 A poll is the DDI API's hot path: every controller asks once per polling interval whether
 there is anything to do, and the answer is almost always "no". Through a2wsgi and Flask a poll
-cost about twice the CPU of the poll itself (the WSGI environ, Flask's request and routing,
-a2wsgi's hand-off and its response), so this ASGI layer calls ddi.poll, the very function
-Flask's route calls, and answers with its JSON, or with hawkBit's error body. Most polls only
-read (one indexed SQLite query, about as long as a download block's pread): those run on the
-event loop, with no thread hand-off, which on a busy machine is what a poll's latency waits
-for. A poll that must write (a new or cancelled action) would wait for SQLite's write lock, never
-on the loop that carries every download: it runs again, writing, in a small pool of this
-layer's threads. That a controller polled (its last_seen, due every ddi_seen_s) is not worth a
-wait: it is collected and written by the pool in one transaction every FLUSH_S, so a thousand
+cost about twice the CPU of the poll itself (profiled in Flask's test client: the handler was
+under half of Flask's time; the rest the WSGI environ, the request, routing, the response), so
+this ASGI layer calls ddi.poll, the very function Flask's route calls, and answers with its
+JSON, or with hawkBit's error body.
+
+Most polls only read (one indexed SQLite query, about as long as a download block's pread):
+those run on the event loop, with no thread hand-off, which on a busy machine is what a poll's
+latency waits for. The loop's reads use connections that wait at most READ_WAIT_S for SQLite
+(a WAL reader rarely has to); a poll that would wait longer runs in the pool instead. A poll
+that must write (a new or cancelled action) would wait for SQLite's write lock, never on the
+loop that carries every download: it runs again, writing, in a small pool of this layer's
+threads. That a controller polled (its last_seen, due every ddi_seen_s) is not worth a wait: it
+is collected and written by the pool in one transaction every FLUSH_S, so a thousand
 controllers cost this worker a few writes a second, not a hundred. Every other DDI resource
 goes to Flask (ddi.py).
 """
@@ -21,12 +25,15 @@ import json
 import logging
 import os
 import re
+import sqlite3
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 from .ddi import WriteNeeded, exception_info, poll
 from .ddi_store import DdiStore
 from .downloads import ASGIApp, Receive, Scope, Send
 from .errors import ServerError
+from .registry import Registry
 from .services import Services
 
 log = logging.getLogger("fotalab.server.ddi")
@@ -34,6 +41,7 @@ POLL = re.compile(r"/([^/]+)/controller/v1/([^/]+)")
 ROUTE = "ddi.controller_base"          # the route label of the request log and metrics (as Flask's would be)
 JSON = [(b"content-type", b"application/json")]
 FLUSH_S = 0.5                          # how long a poll's last_seen waits to be written with others
+READ_WAIT_S = 0.02                     # the most a read on the event loop may wait for SQLite
 
 
 class DdiPolls:
@@ -41,6 +49,8 @@ class DdiPolls:
 
     def __init__(self, app: ASGIApp, found: Services, *, threads: int = 4) -> None:
         self._app, self._services, self._threads = app, found, threads
+        # the same services, but a registry whose connections give up quickly: for reads on the loop
+        self._on_loop = replace(found, registry=Registry(found.registry.path, busy_timeout_s=READ_WAIT_S))
         self._pool: ThreadPoolExecutor | None = None
         self._pid = 0
         self._seen: dict[str, float] = {}      # polls whose last_seen is to be written (on the loop only)
@@ -77,12 +87,13 @@ class DdiPolls:
         host = headers.get(b"host", b"").decode("latin-1") or f"{server[0]}:{server[1]}"
         host_url = f"{scope.get('scheme', 'http')}://{host}"
         status, extra = 200, []
-        arguments = (self._services, match.group(1), match.group(2), authorization, host_url)
+        arguments = (match.group(1), match.group(2), authorization, host_url)
         try:
             try:
-                body = poll(*arguments, writes=False, seen=self._note_seen)
-            except WriteNeeded:
-                body = await asyncio.get_running_loop().run_in_executor(self._executor(), poll, *arguments)
+                body = poll(self._on_loop, *arguments, writes=False, seen=self._note_seen)
+            except (WriteNeeded, sqlite3.OperationalError):
+                body = await asyncio.get_running_loop().run_in_executor(self._executor(), poll, self._services,
+                                                                        *arguments)
         except ServerError as exc:
             status, body = exc.status, exception_info(exc)
             extra = [(name.lower().encode(), value.encode()) for name, value in exc.headers().items()]
