@@ -119,9 +119,17 @@ class Stack:
         return [tuple(line.split("|", 2)) for line in out.splitlines() if line]
 
     def problems(self) -> list[str]:
-        """What is not yet ready: a job not completed, a service short of healthy replicas."""
+        """What is not yet ready: a service Swarm is still updating (a redeploy: its old tasks may
+        still look ready), a job not completed, a service short of healthy replicas."""
         found = []
-        for name, mode, replicas in self.services():
+        services = self.services()
+        if services:
+            states = self.lab.manager("service", "inspect", "--format",
+                                      "{{.Spec.Name}} {{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}",
+                                      *[name for name, _, _ in services]).stdout
+            found += [f"{line.split()[0].removeprefix(self.name + '_')} (updating)"
+                      for line in states.splitlines() if line.endswith(" updating")]
+        for name, mode, replicas in services:
             short = name.removeprefix(f"{self.name}_")
             if "job" in mode:
                 done, _, total = replicas.partition("(")[2].partition(" ")[0].partition("/")
@@ -134,11 +142,19 @@ class Stack:
         return found
 
     def wait_ready(self, timeout: float = 600) -> None:
-        deadline, shown = time.monotonic() + timeout, ""
+        """Until everything is ready twice in a row, a few seconds apart (after a redeploy Swarm
+        starts updating a service a moment after `docker stack deploy` returns)."""
+        deadline, shown, ready_once = time.monotonic() + timeout, "", False
+        time.sleep(3)
         while True:
             problems = self.problems()
             if not problems and self.services():
-                return
+                if ready_once:
+                    return
+                ready_once = True
+                time.sleep(3)
+                continue
+            ready_once = False
             line = ", ".join(problems)
             if line != shown:
                 log(f"waiting: {line}")
