@@ -37,7 +37,7 @@ def committed_benches() -> list[str]:
     return sorted(Path(p).name for p in listed if Path(p).name.startswith("bench-"))
 
 
-SCRIPTS = ["chaos", "crash-sweep", *committed_benches(), "lab", "fleet"]
+SCRIPTS = ["chaos", "crash-sweep", *committed_benches(), "lab", "fleet", "stack", "swarm-chaos"]
 
 
 def bare_environment() -> dict[str, str]:
