@@ -22,15 +22,7 @@ from fotalab.formats.delta import (
     encoder_sparse,
     encoder_streams,
 )
-from fotalab.formats.delta.container import (
-    OP_ADD,
-    OP_COPY,
-    OP_INSERT,
-    OP_SEEK,
-    SPARSE_LZMA,
-    SPARSE_SPLIT,
-    SPARSE_STORED,
-)
+from fotalab.formats.delta.container import OP_ADD, OP_COPY, OP_INSERT, OP_SEEK
 from fotalab.signer.fwgen import firmware_versions
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
@@ -69,7 +61,7 @@ def layouts(old: bytes, new: bytes, gap: int = 4) -> dict[int, Delta]:
     return {layout: Delta("sparse-lzma", blob) for layout, blob in encoder_sparse.sparse_layouts(old, new, ops).items()}
 
 
-def body(new_size: int, old_size: int, ops: bytes, layout: int = SPARSE_STORED) -> Delta:
+def body(new_size: int, old_size: int, ops: bytes, layout: int = container.SPARSE_STORED) -> Delta:
     """A sealed sparse-lzma container around hand-made ops (stored layout unless told)."""
     head = container.uvarint(new_size) + container.svarint(old_size - new_size) + container.uvarint(layout)
     return Delta("sparse-lzma", container.seal("sparse-lzma", head + ops))
@@ -93,7 +85,7 @@ def test_every_layout_and_gap_round_trips(case):
         old, new = real_pair(*REAL[case])
     for gap in (1, 4, 16):
         found = layouts(old, new, gap)
-        assert set(found) == {SPARSE_STORED, SPARSE_LZMA, SPARSE_SPLIT}
+        assert set(found) == {container.SPARSE_STORED, container.SPARSE_LZMA, container.SPARSE_SPLIT}
         for layout, delta in found.items():
             chunks: list[bytes] = []
             assert apply_delta_to(old, delta, chunks.append, len(new)) == len(new), (gap, layout)
@@ -139,7 +131,7 @@ def test_real_x86_64_changes_beat_bsdiff_lzma():
 # --------------------------------------------------------------------------- hostile input
 
 
-@pytest.mark.parametrize("layout", [SPARSE_STORED, SPARSE_LZMA, SPARSE_SPLIT])
+@pytest.mark.parametrize("layout", [container.SPARSE_STORED, container.SPARSE_LZMA, container.SPARSE_SPLIT])
 def test_truncations_and_bit_flips_are_rejected(layout):
     old, new = generated("aarch64")
     data = layouts(old, new)[layout].data
@@ -194,9 +186,9 @@ def test_header_fields_are_checked():
         apply_delta(OLD, body(10, len(OLD), b"", layout=3), 100)
     for log in (11, 27, 200):
         with pytest.raises(DeltaError, match="dictionary"):
-            apply_delta(OLD, body(10, len(OLD), container.uvarint(log) + b"\0" * 8, SPARSE_LZMA), 100)
+            apply_delta(OLD, body(10, len(OLD), container.uvarint(log) + b"\0" * 8, container.SPARSE_LZMA), 100)
     with pytest.raises(DeltaError, match=r"2\*\*20-byte dictionary"):  # more than the output needs
-        apply_delta(OLD, body(5000, len(OLD), container.uvarint(20) + b"\0" * 8, SPARSE_LZMA), 1 << 20)
+        apply_delta(OLD, body(5000, len(OLD), container.uvarint(20) + b"\0" * 8, container.SPARSE_LZMA), 1 << 20)
 
 
 def _lzma(data: bytes) -> bytes:
@@ -205,20 +197,20 @@ def _lzma(data: bytes) -> bytes:
 
 def test_crafted_lzma_layouts_are_rejected():
     ops = op(OP_INSERT, 4, b"abcd")
-    ok = body(4, len(OLD), container.uvarint(12) + _lzma(ops), SPARSE_LZMA)
+    ok = body(4, len(OLD), container.uvarint(12) + _lzma(ops), container.SPARSE_LZMA)
     assert apply_delta(OLD, ok, 4) == b"abcd"
     with pytest.raises(DeltaError, match="corrupt op stream|truncated op stream"):
-        apply_delta(OLD, body(4, len(OLD), container.uvarint(12) + _lzma(ops)[:-2], SPARSE_LZMA), 4)
+        apply_delta(OLD, body(4, len(OLD), container.uvarint(12) + _lzma(ops)[:-2], container.SPARSE_LZMA), 4)
     with pytest.raises(DeltaError, match="trailing bytes after the op stream"):
-        apply_delta(OLD, body(4, len(OLD), container.uvarint(12) + _lzma(ops) + b"\0", SPARSE_LZMA), 4)
+        apply_delta(OLD, body(4, len(OLD), container.uvarint(12) + _lzma(ops) + b"\0", container.SPARSE_LZMA), 4)
     with pytest.raises(DeltaError, match="truncated op stream"):  # a tag cut in the middle
-        apply_delta(OLD, body(4, len(OLD), container.uvarint(12) + _lzma(ops + b"\x80"), SPARSE_LZMA), 4)
+        apply_delta(OLD, body(4, len(OLD), container.uvarint(12) + _lzma(ops + b"\x80"), container.SPARSE_LZMA), 4)
 
     def split(tags: bytes, data: bytes, past_end: bool = False) -> Delta:
         tag_stream, data_stream = _lzma(tags), _lzma(data)
         length = len(tag_stream) + (len(data_stream) + 1 if past_end else 0)
         fields = container.uvarint(12) + container.uvarint(12) + container.uvarint(length)
-        return body(4, len(OLD), fields + tag_stream + data_stream, SPARSE_SPLIT)
+        return body(4, len(OLD), fields + tag_stream + data_stream, container.SPARSE_SPLIT)
 
     tags = op(OP_INSERT, 2) + op(OP_ADD, 2)
     assert apply_delta(OLD, split(tags, b"ab\1\1"), 4) == b"ab\1\2"
@@ -242,7 +234,7 @@ def test_unknown_encoding_id_asks_for_an_update():
 
 
 @pytest.mark.parametrize("arch", ["thumb", "aarch64"])
-@pytest.mark.parametrize("layout", [SPARSE_STORED, SPARSE_LZMA, SPARSE_SPLIT])
+@pytest.mark.parametrize("layout", [container.SPARSE_STORED, container.SPARSE_LZMA, container.SPARSE_SPLIT])
 def test_relocating_sparse_encodings_round_trip_in_every_layout(arch, layout, monkeypatch):
     old, new = generated(arch)
     monkeypatch.setattr(encoder_sparse, "pack_sparse", lambda *args: encoder_sparse.sparse_layouts(*args)[layout])
