@@ -15,6 +15,13 @@ Exactly once end to end:
   any message not acknowledged;
 - manual acknowledgement: a message is acknowledged only after its transaction committed;
   if the database write fails the client disconnects, and the broker redelivers it;
+- batches: paho's thread only queues each message; a writer thread stores what has queued up
+  (up to BATCH_MAX, waiting at most BATCH_WAIT_S for more) in one transaction and then
+  acknowledges each of them, in arrival order. One commit per batch instead of one per message
+  is what lets 10,000 devices' reports in: the commit, not the rows, is the cost. A batch
+  that fails is rolled back whole and nothing of it is acknowledged; messages of a connection
+  that has since dropped are stored (harmless: the redelivery is recognised) but never
+  acknowledged on the new one, whose message ids mean other messages;
 - redeliveries are harmless: events are unique by (device, ts, event) and a state report
   never replaces a newer one (registry.py);
 - retained state and status are handed out again on every subscription, so a server that
@@ -26,6 +33,7 @@ import fcntl
 import json
 import logging
 import os
+import queue
 import sqlite3
 import threading
 import time
@@ -44,6 +52,8 @@ from .rollout_engine import HINT, RolloutEngine
 log = logging.getLogger("fotalab.server.ingest")
 SUBSCRIPTIONS = [(f"{PREFIX}/devices/+/{kind}", 1) for kind in ("state", "events", "status")]
 MAX_PAYLOAD = 64 * 1024
+BATCH_MAX = 500          # messages per transaction (the broker's max_inflight_messages bounds it too)
+BATCH_WAIT_S = 0.05      # how long a batch waits for more once it has one message
 
 
 def _report(device_id: str, payload: bytes, required: str) -> dict:
@@ -101,6 +111,10 @@ class Ingester:
         self._client.on_connect = self._connected
         self._client.on_disconnect = self._disconnected
         self._client.on_message = self._message
+        self._queue: queue.Queue[tuple[int, mqtt.MQTTMessage]] = queue.Queue()
+        self._connection = 0          # counts connections: a message id means something on its own only
+        self._writer = threading.Thread(target=self._write_forever, name="ingest-writer", daemon=True)
+        self._writer.start()
 
     def run_forever(self, retry_s: float = 2.0) -> None:
         while True:
@@ -120,6 +134,7 @@ class Ingester:
         if reason_code.is_failure:
             log.warning("MQTT broker refused the ingester: %s (check FOTA_MQTT_USERNAME/PASSWORD)", reason_code)
             return
+        self._connection += 1
         client.subscribe(SUBSCRIPTIONS)
         self._registry.set_ingester(os.getpid(), True)
         metrics.INGESTER.set(1)
@@ -127,6 +142,7 @@ class Ingester:
                  bool(flags.session_present))
 
     def _disconnected(self, client: mqtt.Client, userdata, flags, reason_code, properties) -> None:
+        self._connection += 1         # what is still queued will not be acknowledged on the next one
         metrics.INGESTER.set(0)
         try:
             self._registry.set_ingester(os.getpid(), False)
@@ -135,18 +151,40 @@ class Ingester:
         log.warning("MQTT ingester disconnected: %s", reason_code)
 
     def _message(self, client: mqtt.Client, userdata, message: mqtt.MQTTMessage) -> None:
+        self._queue.put((self._connection, message))      # stored and acknowledged by the writer
+
+    def _write_forever(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            deadline = time.monotonic() + BATCH_WAIT_S
+            while len(batch) < BATCH_MAX:
+                try:
+                    batch.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
+                except queue.Empty:
+                    break
+            self._store(batch)
+
+    def _store(self, batch: list[tuple[int, mqtt.MQTTMessage]]) -> None:
+        """One transaction for the batch, then each message acknowledged (if its connection lasts)."""
+        outcomes = []
         try:
-            kind, outcome = handle(self._registry, message.topic, message.payload)
-        except InvalidMessage as exc:
-            kind, outcome = message.topic.rsplit("/", 1)[-1], "invalid"
-            log.warning("dropping message on %s: %s", message.topic, exc)
+            with self._registry.batch():
+                for _, message in batch:
+                    try:
+                        outcomes.append(handle(self._registry, message.topic, message.payload))
+                    except InvalidMessage as exc:
+                        outcomes.append((message.topic.rsplit("/", 1)[-1], "invalid"))
+                        log.warning("dropping message on %s: %s", message.topic, exc)
         except sqlite3.Error as exc:
-            # not acknowledged: disconnecting makes the broker redeliver it on the next session
+            # nothing acknowledged: disconnecting makes the broker redeliver the batch on the next session
             log.error("registry write failed (%s); reconnecting so the broker redelivers", exc)
-            client.disconnect()
+            self._client.disconnect()
             return
-        metrics.MQTT_MESSAGES.labels(kind, outcome).inc()
-        client.ack(message.mid, message.qos)
+        metrics.INGEST_BATCH.observe(len(batch))
+        for (connection, message), (kind, outcome) in zip(batch, outcomes):
+            metrics.MQTT_MESSAGES.labels(kind, outcome).inc()
+            if connection == self._connection:
+                self._client.ack(message.mid, message.qos)
 
 
 class Elector(threading.Thread):

@@ -44,6 +44,9 @@ IN_FLIGHT = Gauge("fotalab_artifact_downloads_in_flight", "Artifact downloads be
 MQTT_MESSAGES = Counter("fotalab_mqtt_messages_total",
                         "Device messages taken from MQTT, by topic kind and outcome "
                         "(stored, duplicate, stale, invalid)", ["kind", "outcome"])
+INGEST_BATCH = Histogram("fotalab_mqtt_ingest_batch_messages",
+                         "Device messages stored per registry transaction by the MQTT ingester",
+                         buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500))
 INGESTER = Gauge("fotalab_mqtt_ingester_connected",
                  "1 while this server's MQTT ingester is connected; the sum over workers is at most 1",
                  multiprocess_mode="livesum")

@@ -139,8 +139,12 @@ class Registry:
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction; IMMEDIATE takes the write lock first, so it waits (busy timeout)
-        instead of failing on a lock upgrade when another process writes."""
+        instead of failing on a lock upgrade when another process writes. Inside `batch()` the
+        writes join the batch's transaction."""
         db = self._db()
+        if getattr(self._local, "batching", False):
+            yield db
+            return
         db.execute("BEGIN IMMEDIATE")
         try:
             yield db
@@ -148,6 +152,16 @@ class Registry:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Many writes of this thread in one transaction (the ingester's batches): all or none."""
+        with self._write():
+            self._local.batching = True
+            try:
+                yield
+            finally:
+                self._local.batching = False
 
     def migrate(self) -> None:
         """Create the schema (once, in the master before workers start)."""
@@ -251,6 +265,12 @@ class Registry:
             args.append(int(online))
         sql = self._SELECT_DEVICES + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY d.device_id"
         return [self._device(row) for row in self._db().execute(sql, args)]
+
+    def state_rows(self) -> list[sqlite3.Row]:
+        """(device_id, state, version, state_ts, report) of every device that reported a state,
+        in one query: the rollout engine's facts (it parses a report only when it changed)."""
+        return self._db().execute("SELECT device_id, state, version, state_ts, report FROM devices "
+                                  "WHERE state_ts > 0").fetchall()
 
     def device(self, device_id: str) -> dict | None:
         row = self._db().execute(self._SELECT_DEVICES + " WHERE d.device_id = ?", (device_id,)).fetchone()

@@ -33,14 +33,29 @@ log = logging.getLogger("fotalab.server.rollouts")
 HINT = json.dumps({"cmd": Command.UPDATE})
 
 
+class Facts:
+    """Every device's last state report as rollouts.step needs it: one registry query per tick
+    (not one per device: 10,000 devices made that the tick's whole second), and a report parsed
+    only when its state_ts changed since the last tick."""
+
+    def __init__(self) -> None:
+        self._known: dict[str, rollouts.DeviceFact] = {}
+
+    def read(self, registry: Registry) -> dict[str, rollouts.DeviceFact]:
+        known, found = self._known, {}
+        for device_id, state, version, state_ts, report in registry.state_rows():
+            fact = known.get(device_id)
+            if fact is None or fact.state_ts != state_ts or fact.state != state:
+                fact = rollouts.DeviceFact(state, version, state_ts, json.loads(report) if report else {})
+            found[device_id] = fact
+        self._known = found
+        return found
+
+
 def facts(registry: Registry, rollout: rollouts.Rollout) -> dict[str, rollouts.DeviceFact]:
-    found = {}
-    for run in rollout.devices:
-        device = registry.device(run.device_id)
-        if device and device["state_ts"]:
-            found[run.device_id] = rollouts.DeviceFact(device["state"], device["version"], device["state_ts"],
-                                                       device["report"] or {})
-    return found
+    """The facts of one rollout's devices (uncached: for tests and one-off callers)."""
+    every = Facts().read(registry)
+    return {run.device_id: every[run.device_id] for run in rollout.devices if run.device_id in every}
 
 
 def routed(registry: Registry, hint: Callable[[str], None]) -> Callable[[str], None]:
@@ -56,17 +71,19 @@ def routed(registry: Registry, hint: Callable[[str], None]) -> Callable[[str], N
 
 
 def tick(registry: Registry, hint: Callable[[str], None], now: float | None = None,
-         ddi_offline_s: float = 0.0) -> None:
+         ddi_offline_s: float = 0.0, known: Facts | None = None) -> None:
     """One pass: silent DDI controllers offline (with ddi_offline_s), the operator's
-    single-device triggers, then every running rollout."""
+    single-device triggers, then every running rollout (`known`: the facts kept between ticks)."""
     hint = routed(registry, hint)
     if ddi_offline_s:
         DdiStore(registry).silent_offline((time.time() if now is None else now) - ddi_offline_s)
     for device_id in registry.take_hints():
         hint(device_id)
-    for rollout in registry.rollouts(active_only=True):
+    running = registry.rollouts(active_only=True)
+    every = (known or Facts()).read(registry) if running else {}
+    for rollout in running:
         current = time.time() if now is None else now
-        stepped, hints = rollouts.step(rollout, facts(registry, rollout), current)
+        stepped, hints = rollouts.step(rollout, every, current)
         if stepped == rollout:
             continue
         offered = [d.device_id for d in stepped.devices if d.status == Outcome.OFFERED]
@@ -86,12 +103,13 @@ class RolloutEngine(threading.Thread):
         super().__init__(name="rollout-engine", daemon=True)
         self._registry, self._hint, self._interval = registry, hint, interval_s
         self._ddi_offline_s = ddi_offline_s
+        self._facts = Facts()
 
     def run(self) -> None:
         log.info("rollout engine running")
         while True:
             try:
-                tick(self._registry, self._hint, ddi_offline_s=self._ddi_offline_s)
+                tick(self._registry, self._hint, ddi_offline_s=self._ddi_offline_s, known=self._facts)
             except sqlite3.Error as exc:
                 log.error("rollout tick failed (%s); retrying", exc)
             except Exception:

@@ -299,8 +299,13 @@ def assignments_to_clear(rollout: Rollout) -> list[str]:
 
 
 def dumps(rollout: Rollout) -> str:
-    """The stored form (registry.py keeps it with the revision in columns of their own)."""
-    return json.dumps({k: v for k, v in asdict(rollout).items() if k not in ("id", "revision")}, sort_keys=True)
+    """The stored form (registry.py keeps it with the revision in columns of their own). The
+    fields by hand, not dataclasses.asdict: its deep copy of 10,000 device runs took longer
+    than the rest of a rollout engine tick; the text is the same."""
+    body = {name: getattr(rollout, name) for name in Rollout.__dataclass_fields__ if name not in ("id", "revision")}
+    body.update(selection=json.loads(json.dumps(rollout.selection)), policy=asdict(rollout.policy),
+                devices=[vars(run) for run in rollout.devices])
+    return json.dumps(body, sort_keys=True)
 
 
 def loads(rollout_id: int, revision: int, text: str) -> Rollout:
