@@ -34,6 +34,7 @@ from ...protocol import FLEET_COMMANDS, Presence, device_topic
 
 log = logging.getLogger("fotalab.fleetsim")
 PUBLISH_TIMEOUT_S = 30.0
+MAX_IN_FLIGHT = 20         # reports not yet acknowledged, as paho's default max_inflight_messages
 MISC_EVERY_S = 10.0         # paho's housekeeping (keepalive pings) per client; keepalive is 60 s
 
 
@@ -103,7 +104,8 @@ class Session:
         self.connected = asyncio.Event()
         self._client: Client | None = None
         self._task: asyncio.Task | None = None
-        self._pending: tuple[str, str, bool, float] | None = None
+        self._unacked: list[tuple[str, str, bool, float]] = []   # handed to the client, no PUBACK yet
+        self._acked = asyncio.Event()
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"mqtt-{self.device_id}")
@@ -136,28 +138,55 @@ class Session:
             delay = min(delay * 2, 30.0)
 
     async def _serve(self, client: aiomqtt.Client) -> None:
-        """Publish the outbox in order while taking commands; returns by raising MqttError."""
+        """Publish the outbox in order while taking commands; returns by raising MqttError.
+
+        Reports are pipelined as paho does on a device (up to MAX_IN_FLIGHT not yet acknowledged,
+        sent in order), not one round trip each. Those not acknowledged when the connection
+        drops are sent again, first, on the next one (a duplicate is harmless: the server
+        recognises a replay)."""
         loop = asyncio.get_running_loop()
         receiver = loop.create_task(self._receive(client))
         getter: asyncio.Future | None = None
+        broken = loop.create_future()
+        for item in list(self._unacked):
+            self._send(loop, client, item, broken)
         try:
             while True:
-                if self._pending is None:
-                    getter = loop.create_task(self.outbox.get())
-                    done, _ = await asyncio.wait({receiver, getter}, return_when=asyncio.FIRST_COMPLETED)
-                    if getter not in done:
+                while len(self._unacked) >= MAX_IN_FLIGHT and not broken.done() and not receiver.done():
+                    waiter = loop.create_task(self._acked.wait())
+                    await asyncio.wait({receiver, broken, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                    waiter.cancel()
+                    self._acked.clear()
+                getter = loop.create_task(self.outbox.get())
+                done, _ = await asyncio.wait({receiver, getter, broken}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    if receiver in done:
                         receiver.result()             # raises the connection's error
-                        raise aiomqtt.MqttError("message iteration ended")
-                    self._pending = getter.result()
-                topic, payload, retain, made = self._pending
-                sending = time.time()
-                await client.publish(topic, payload, qos=1, retain=retain)
-                self._pending = None
-                self._on_sent(time.time() - made, sending - made)   # made -> PUBACK, of which queued here
+                    raise aiomqtt.MqttError("connection lost while publishing")
+                item = getter.result()
+                self._unacked.append(item)
+                self._send(loop, client, item, broken)
         finally:
             receiver.cancel()
             if getter is not None and not getter.done():
                 getter.cancel()
+
+    def _send(self, loop, client: aiomqtt.Client, item: tuple[str, str, bool, float], broken: asyncio.Future) -> None:
+        topic, payload, retain, made = item
+        sending = time.time()
+
+        async def publish() -> None:
+            try:
+                await client.publish(topic, payload, qos=1, retain=retain)
+            except aiomqtt.MqttError:
+                if not broken.done():
+                    broken.set_result(None)
+                return
+            if item in self._unacked:
+                self._unacked.remove(item)
+            self._acked.set()
+            self._on_sent(time.time() - made, sending - made)   # made -> PUBACK, of which queued here
+        loop.create_task(publish())         # tasks start in creation order: paho sends in that order
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
@@ -173,7 +202,7 @@ class Session:
     async def drained(self, timeout_s: float) -> None:
         """Wait until every queued report has been acknowledged (or the time is up)."""
         deadline = asyncio.get_running_loop().time() + timeout_s
-        while (self._pending is not None or not self.outbox.empty()) and asyncio.get_running_loop().time() < deadline:
+        while (self._unacked or not self.outbox.empty()) and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
 
     async def stop(self, timeout_s: float = 10.0) -> None:
