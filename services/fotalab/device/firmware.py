@@ -14,8 +14,6 @@ import threading
 import time
 from dataclasses import asdict
 
-import requests
-
 from ..formats.image import Behaviour
 from ..formats.signing import Verifier
 from ..protocol import Command, Event, State
@@ -27,7 +25,6 @@ from .errors import Reboot
 from .flash import Flash
 from .mqttlink import MqttLink
 from .patcher import sandboxed_patcher
-from .transport import HttpTransport
 
 log = logging.getLogger("fotalab.device")
 CRASH_EXIT = 1
@@ -36,6 +33,24 @@ REBOOT_EXIT = 3
 # may send a publish between CONNECT and CONNACK, before it: a hint answering that first report
 # would be dropped. So the boot is reported once connected (or after this long without a broker).
 FIRST_REPORT_WAIT_S = 5.0
+
+
+class LazyTransport:
+    """The HTTP transport, made on first use: requests (about 5 MiB per device) is imported when an
+    update or a trial needs the server, not by every idle firmware at boot."""
+
+    def __init__(self, config: DeviceConfig) -> None:
+        self._config, self._transport = config, None
+
+    def __getattr__(self, name: str):
+        if self._transport is None:
+            from .transport import HttpTransport
+            config = self._config
+            self._transport = HttpTransport(
+                config.server_url, timeout_s=config.http_timeout_s, chunk_size=config.chunk_size,
+                radio_kbps=config.radio_kbps, min_rate_bps=config.min_rate_bps,
+                rate_window_s=config.rate_window_s, tls=config.tls)
+        return getattr(self._transport, name)
 
 
 def kick_watchdog_forever(fd: int) -> None:
@@ -54,6 +69,8 @@ def health_check(config: DeviceConfig, behaviour: Behaviour, link: MqttLink) -> 
     deadline = time.monotonic() + config.health_timeout_s
     if not link.connected.wait(config.health_timeout_s):
         return f"could not reach the MQTT broker within {config.health_timeout_s:.0f} s"
+    # imported here, not at boot: see LazyTransport
+    import requests
     while True:
         try:
             tls = config.tls
@@ -109,9 +126,7 @@ def run(config: DeviceConfig, flash: Flash, plan: BootPlan, verifier: Verifier) 
     engine = UpdateEngine(
         EngineConfig(config.device_id, config.hardware, chunk_size=config.chunk_size),
         flash, running, verifier,
-        HttpTransport(config.server_url, timeout_s=config.http_timeout_s, chunk_size=config.chunk_size,
-                      radio_kbps=config.radio_kbps, min_rate_bps=config.min_rate_bps,
-                      rate_window_s=config.rate_window_s, tls=config.tls),
+        LazyTransport(config),
         link, sandboxed_patcher(memory_mb=config.patch_memory_mb, timeout_s=config.patch_timeout_s,
                                 chunk_size=config.chunk_size))
     try:

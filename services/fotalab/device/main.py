@@ -7,43 +7,154 @@
     fota-device alive    exit 0 if the firmware kicked its watchdog lately (container healthcheck)
 
 `docker kill` kills the supervisor and child together: a power cut, not a reset.
+
+The supervisor is a power supply, not a second firmware: at module level this file imports only
+os, select, signal, sys, time, envconfig and protocol (`python -X importtime -m fotalab.device.main`
+shows it), so `run` costs a bare interpreter (10 MiB RSS in a device container) instead of one that holds the
+whole stack (cryptography, paho, requests: about 40 MiB). The other commands import the device's
+modules when they run. The firmware's settings are validated by the `boot` it starts
+(DeviceConfig); a refused setting stops the supervisor with the same status 2.
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
-import logging
 import os
 import select
 import signal
-import subprocess
 import sys
 import time
-from pathlib import Path
+from collections import namedtuple
 
-from ..envconfig import ConfigError
-from ..formats.signing import key_id
+from ..envconfig import ConfigError, Env
 from ..protocol import ResetReason
-from . import journal as jr
-from .bootctl import SLOTS, BootControl
-from .bootloader import boot, check_slot, plan_boot
-from .config import DeviceConfig
-from .firmware import REBOOT_EXIT, run
-from .flash import Flash, power_off_process
-from .trust import ANCHOR, load_verifier
 
 HALT_EXIT = 4
+CONFIG_EXIT = 2      # what `boot` returns for a setting DeviceConfig refuses
+REBOOT_EXIT = 3      # firmware.REBOOT_EXIT, not imported from there: firmware loads the whole stack
 ALIVE_WITHIN_S = 5.0
-log = logging.getLogger("fotalab.device")
 
 
-def open_flash(config: DeviceConfig) -> Flash:
+class SupervisorConfig(namedtuple("SupervisorConfig", "device_id watchdog_s reset_delay_s boot_jitter_s")):
+    """The supervisor's settings: DeviceConfig's watchdog, reset delay and alive file, read with the
+    same names and defaults without importing the firmware's (ssl, dataclasses); and the jitter."""
+    __slots__ = ()
+
+    @property
+    def alive_file(self) -> str:
+        """DeviceConfig.alive_file: touched on every watchdog kick."""
+        return f"/tmp/fota-alive-{self.device_id}"
+
+    @property
+    def powered_file(self) -> str:
+        """Created at the container's first power-on: later power-ons (docker start) skip the jitter."""
+        return f"/tmp/fota-powered-{self.device_id}"
+
+    @classmethod
+    def from_env(cls, env: Env | None = None) -> SupervisorConfig:
+        env = env or Env()
+        return cls(device_id=env.text("FOTA_DEVICE_ID", os.uname().nodename),
+                   watchdog_s=env.number("FOTA_WATCHDOG_S", 15.0, minimum=0.1),
+                   reset_delay_s=env.number("FOTA_RESET_DELAY_S", 1.0, minimum=0),
+                   # a random wait before a new container's first boot, up to this many seconds, so
+                   # a fleet started at once does not reach the broker and the server at once
+                   boot_jitter_s=env.number("FOTA_BOOT_JITTER_S", 0.0, minimum=0))
+
+
+def log(level: str, message: str) -> None:
+    """A line as logging's format in `main` writes it (the supervisor does not load logging)."""
+    now = time.time()
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+    print(f"{stamp},{int(now % 1 * 1000):03d} fotalab.device {level} {message}", flush=True)
+
+
+def touch(path: str) -> None:
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o666))
+
+
+def first_power_on(config: SupervisorConfig) -> None:
+    """A new container waits a random part of the boot jitter; a restarted one (docker start) does not."""
+    if config.boot_jitter_s <= 0 or os.path.exists(config.powered_file):
+        return
+    wait = config.boot_jitter_s * int.from_bytes(os.urandom(4), "big") / 2**32
+    log("INFO", f"first power-on: boot in {wait:.1f} s (FOTA_BOOT_JITTER_S {config.boot_jitter_s:g})")
+    time.sleep(wait)
+    touch(config.powered_file)
+
+
+def supervise(config: SupervisorConfig) -> int:
+    child = 0
+
+    def shutdown(signum, frame) -> None:
+        if child:
+            try:
+                os.kill(child, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        sys.exit(0)
+    signal.signal(signal.SIGTERM, shutdown)
+    signal.signal(signal.SIGINT, shutdown)
+
+    first_power_on(config)
+    reason: str = ResetReason.POWER_ON
+    while True:
+        read_end, write_end = os.pipe()
+        os.set_inheritable(write_end, True)     # the only descriptor the firmware gets besides stdio
+        # The firmware's "hardware": its watchdog pipe, the reset-cause register, the power rail.
+        env = {**os.environ, "FOTA_WATCHDOG_FD": str(write_end), "FOTA_RESET_REASON": reason,
+               "FOTA_SUPERVISOR_PID": str(os.getpid())}
+        child = os.posix_spawn(sys.executable, [sys.executable, "-m", "fotalab.device.main", "boot"], env,
+                               setsigdef=(signal.SIGPIPE, signal.SIGXFSZ))
+        os.close(write_end)
+        reason = watch(child, read_end, config.watchdog_s, config.alive_file)
+        child = 0
+        os.close(read_end)
+        if reason == ResetReason.HALT:
+            log("CRITICAL", "device halted: no bootable image; power-cycle after repair")
+            signal.pause()
+        if reason == f"{ResetReason.CRASH} (exit {CONFIG_EXIT})":
+            return CONFIG_EXIT      # the boot said which setting; as `run` did before booting anything
+        log("WARNING", f"reset: {reason}")
+        if not reason.startswith(ResetReason.SOFTWARE_REBOOT):
+            time.sleep(config.reset_delay_s)
+
+
+def watch(child: int, kicks: int, watchdog_s: float, alive_file: str) -> str:
+    """Wait for the child (a pid) to exit or to miss the watchdog; returns the reset reason."""
+    said = b""
+    while True:
+        ready, _, _ = select.select([kicks], [], [], watchdog_s)
+        if not ready:
+            os.kill(child, signal.SIGKILL)
+            os.waitpid(child, 0)
+            return f"{ResetReason.WATCHDOG}: no kick for {watchdog_s:.0f} s"
+        if data := os.read(kicks, 4096):
+            said = (said + data)[-4096:]
+            touch(alive_file)
+        else:   # the child closed its end: it exited
+            code = os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
+            if code == REBOOT_EXIT:
+                reason = said.rpartition(b"\nreason:")[2].split(b"\n")[0].decode(errors="replace")
+                return f"{ResetReason.SOFTWARE_REBOOT} ({reason})" if reason else ResetReason.SOFTWARE_REBOOT
+            if code == HALT_EXIT:
+                return ResetReason.HALT
+            return f"{ResetReason.CRASH} (exit {code})"
+
+
+# ---------------------------------------------------------------- the other commands: the whole stack
+def open_flash(config):
+    from .flash import Flash, power_off_process
     return Flash(config.flash_dir, writeback=config.flash_writeback, fault=config.flash_fault,
                  oplog=config.flash_oplog, power_off=lambda: power_off_process(config.supervisor_pid))
 
 
-def boot_once(config: DeviceConfig) -> int:
+def boot_once(config) -> int:
+    import logging
+
+    from .bootloader import boot
+    from .firmware import run
+    log = logging.getLogger("fotalab.device")
     flash = open_flash(config)
     plan, verifier = boot(flash, factory_image=config.factory_image, trust_anchor=config.trust_anchor,
                           limit=config.boot_limit, reset_reason=config.reset_reason,
@@ -55,59 +166,16 @@ def boot_once(config: DeviceConfig) -> int:
     return run(config, flash, plan, verifier)
 
 
-def supervise(config: DeviceConfig) -> int:
-    child: subprocess.Popen | None = None
-
-    def shutdown(signum, frame) -> None:
-        if child and child.poll() is None:
-            child.kill()
-        sys.exit(0)
-    signal.signal(signal.SIGTERM, shutdown)
-    signal.signal(signal.SIGINT, shutdown)
-
-    reason: str = ResetReason.POWER_ON
-    while True:
-        read_end, write_end = os.pipe()
-        # The firmware's "hardware": its watchdog pipe, the reset-cause register, the power rail.
-        env = {**os.environ, "FOTA_WATCHDOG_FD": str(write_end), "FOTA_RESET_REASON": reason,
-               "FOTA_SUPERVISOR_PID": str(os.getpid())}
-        child = subprocess.Popen([sys.executable, "-m", "fotalab.device.main", "boot"], env=env,
-                                 pass_fds=(write_end,))
-        os.close(write_end)
-        reason = watch(child, read_end, config.watchdog_s, config.alive_file)
-        os.close(read_end)
-        if reason == ResetReason.HALT:
-            log.critical("device halted: no bootable image; power-cycle after repair")
-            signal.pause()
-        log.warning("reset: %s", reason)
-        if not reason.startswith(ResetReason.SOFTWARE_REBOOT):
-            time.sleep(config.reset_delay_s)
-
-
-def watch(child: subprocess.Popen, kicks: int, watchdog_s: float, alive_file: Path) -> str:
-    """Wait for the child to exit or to miss the watchdog; returns the reset reason."""
-    said = b""
-    while True:
-        ready, _, _ = select.select([kicks], [], [], watchdog_s)
-        if not ready:
-            child.kill()
-            child.wait()
-            return f"{ResetReason.WATCHDOG}: no kick for {watchdog_s:.0f} s"
-        if data := os.read(kicks, 4096):
-            said = (said + data)[-4096:]
-            alive_file.touch()
-        else:   # the child closed its end: it exited
-            code = child.wait()
-            if code == REBOOT_EXIT:
-                reason = said.rpartition(b"\nreason:")[2].split(b"\n")[0].decode(errors="replace")
-                return f"{ResetReason.SOFTWARE_REBOOT} ({reason})" if reason else ResetReason.SOFTWARE_REBOOT
-            if code == HALT_EXIT:
-                return ResetReason.HALT
-            return f"{ResetReason.CRASH} (exit {code})"
-
-
-def inspect(config: DeviceConfig) -> dict:
+def inspect(config) -> dict:
     """The device's flash as its own bootloader sees it (read-only: nothing is stored)."""
+    import dataclasses
+
+    from ..formats.signing import key_id
+    from . import journal as jr
+    from .bootctl import SLOTS, BootControl
+    from .bootloader import check_slot, plan_boot
+    from .flash import Flash
+    from .trust import ANCHOR, load_verifier
     flash = Flash(config.flash_dir)
     control = BootControl(flash)
     anchor = flash.read(ANCHOR)
@@ -132,7 +200,7 @@ def inspect(config: DeviceConfig) -> dict:
     }
 
 
-def alive(config: DeviceConfig) -> int:
+def alive(config) -> int:
     try:
         return 0 if time.time() - config.alive_file.stat().st_mtime < ALIVE_WITHIN_S else 1
     except FileNotFoundError:
@@ -140,6 +208,23 @@ def alive(config: DeviceConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv in ([], ["run"]):        # the supervisor: no argparse, logging or DeviceConfig either
+        try:
+            config = SupervisorConfig.from_env()
+        except ConfigError as exc:
+            print(f"fota-device: {exc}", file=sys.stderr)
+            return 2
+        return supervise(config)
+    return command(argv)
+
+
+def command(argv: list[str]) -> int:
+    import argparse
+    import json
+    import logging
+
+    from .config import DeviceConfig
     parser = argparse.ArgumentParser(prog="fota-device", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", nargs="?", default="run", choices=("run", "boot", "inspect", "alive"))
@@ -158,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         return alive(config)
     if args.command == "boot":
         return boot_once(config)
-    return supervise(config)
+    return main([])
 
 
 if __name__ == "__main__":
