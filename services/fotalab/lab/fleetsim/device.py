@@ -52,11 +52,15 @@ class VirtualDevice:
         self.power = Power()
         self.state = ""                  # the last state it reported
         self.version = ""                # the version it runs
-        self.online = False
         self.cuts: list[str] = []        # the state it was in at each power cut
         self._boot_task: asyncio.Task | None = None
         self._work: concurrent.futures.Future | None = None
         self._session: Session | None = None
+
+    @property
+    def online(self) -> bool:
+        """Connected to the broker now (as its retained status says)."""
+        return self._session is not None and self._session.connected.is_set()
 
     # -- the power supply
     async def live(self) -> None:
@@ -100,7 +104,6 @@ class VirtualDevice:
         self.power.off()
         self.cuts.append(self.state or "off")
         self.fleet.cut(self)
-        self.online = False
         if self._session is not None:
             self._session.kill()
             self._session = None
@@ -177,7 +180,6 @@ class VirtualDevice:
             await asyncio.wait_for(session.connected.wait(), FIRST_REPORT_WAIT_S)
         except TimeoutError:
             pass
-        self.online = session.connected.is_set()
         try:
             await self.run(reporter.event, Event.BOOTED, reset_reason=reason, boot=plan.message)
             outcome = await self.run(engine.resume)
@@ -200,7 +202,6 @@ class VirtualDevice:
         except Reboot as request:
             self._session = None
             await session.stop()
-            self.online = False
             return f"{ResetReason.SOFTWARE_REBOOT} ({request})"
 
     async def _health_check(self, behaviour: Behaviour, session: Session) -> str | None:
