@@ -67,6 +67,8 @@ class Client(aiomqtt.Client):
         def read() -> None:
             try:
                 client.loop_read()
+            except asyncio.CancelledError:      # aiomqtt's callbacks read a connect future that timed out
+                pass
             except Exception as exc:           # a broken connection: aiomqtt's own handling
                 self._failed(exc)
 
