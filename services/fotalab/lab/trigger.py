@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     target.add_argument("--all", action="store_true", help="every device of the fleet")
     parser.add_argument("--host", default=config.mqtt_host)
     parser.add_argument("--port", type=int, default=config.mqtt_port)
-    parser.add_argument("--command", default=Command.UPDATE, choices=list(Command))
+    parser.add_argument("--command", default=Command.UPDATE.value, choices=[c.value for c in Command])
     parser.add_argument("--username", default=config.mqtt_username,
                         help="MQTT identity allowed to send commands (default: the server's)")
     parser.add_argument("--password-file", type=Path,
