@@ -142,8 +142,15 @@ class Device:
                # SWUpdate never fsyncs the GRUB environment it writes: the kernel's writeback (lazyfs
                # models it) is what lands it, here after 2 s instead of Linux's 30
                "FOTA_FLASH_EXPIRE_S": "2"}
+        # The private /tmp must not hide the checkout or its .venv (a CI clone may live under /tmp):
+        # both are bound aside first and back to the same path inside the new /tmp.
+        prefix = Path(sys.prefix)
         script = (f"mount -t tmpfs none /boot && mkdir {ROOT_IN_NS} && mount --bind {self.work} {ROOT_IN_NS} "
-                  f"&& mount -t tmpfs none /tmp && cd / && exec {sys.executable} -m fotalab.device.swdevice run")
+                  f"&& mkdir /boot/repo /boot/prefix && mount --bind {REPO} /boot/repo "
+                  f"&& mount --bind {prefix} /boot/prefix && mount -t tmpfs none /tmp "
+                  f"&& mkdir -p {REPO} {prefix} && mount --bind /boot/repo {REPO} "
+                  f"&& mount --bind /boot/prefix {prefix} "
+                  f"&& cd / && exec {sys.executable} -m fotalab.device.swdevice run")
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(["unshare", "--fork", "--pid", "--mount", "--propagation", "private",
                                              "--kill-child", "sh", "-c", script], env=env, stdout=log,
