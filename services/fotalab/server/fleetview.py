@@ -1,18 +1,91 @@
-"""The dashboard's view of the fleet: devices and rollouts shaped for the page, in one place.
+"""The dashboard's view of the fleet: counts, one page of devices and rollouts shaped for the page.
 
-The first message of an event stream, each batch of changes after it (live.py) and the polling
-fallback (GET /api/v1/dashboard) all carry these shapes, so the page merges them the same way.
+At 10,000 devices the page never holds the fleet: the registry counts devices by state in SQL
+(Registry.summary) and hands out one page of the table (Registry.device_page) for a View, the
+page's filter, order and window, read from the query string. The first message of an event
+stream, each batch of changes after it (live.py) and the polling fallback (GET /api/v1/dashboard)
+all carry these shapes, so the page merges them the same way.
 Rollouts are sent without their per-device runs: the page shows phase counts, and a fleet of
-hundreds would otherwise resend every device's run on each change of the rollout.
+thousands would otherwise resend every device's run on each change of the rollout.
 """
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from enum import StrEnum
 
 from ..protocol import FAILED_STATES, Outcome, State
-from .registry import Registry, RolloutRecord
+from .errors import InvalidRequest
+from .registry import PAGE_ORDERS, UNKNOWN_STATE, Registry, RolloutRecord
 
 SNAPSHOT_ROLLOUTS = 10          # the newest rollouts on the page
+PAGE_SIZE = 50                  # rows of the fleet table unless the page asks for another size
+MAX_PAGE_SIZE = 500
+MAX_ID = 200                    # a device id or group longer than this is no filter of ours
+
+
+class Sort(StrEnum):
+    """The fleet table's orders: Registry.PAGE_ORDERS under the names the page uses."""
+    DEVICE = "device"
+    STATE = "state"
+    VERSION = "version"
+    LAST_SEEN = "last_seen"
+
+
+SORT_COLUMNS = dict(zip(Sort, PAGE_ORDERS, strict=True))
+
+
+@dataclass(frozen=True)
+class View:
+    """What one open page shows: the table's filter, order and window, and the device whose page
+    is open (its row and events come whether or not it is in the window). Hashable: streams
+    with the same view share one query and one encoded message per batch (live.py)."""
+    offset: int = 0
+    limit: int = PAGE_SIZE
+    state: str | None = None
+    group: str | None = None
+    online: bool | None = None
+    sort: Sort = Sort.DEVICE
+    desc: bool = False
+    device: str | None = None
+
+    @classmethod
+    def from_args(cls, args: Mapping[str, str]) -> View:
+        """The view a query string asks for (offset, limit, state, group, online, sort, desc, device);
+        InvalidRequest says which parameter is wrong and what it may be."""
+        try:
+            offset, limit = int(args.get("offset", 0)), int(args.get("limit", PAGE_SIZE))
+        except ValueError:
+            raise InvalidRequest("offset and limit are whole numbers of devices (e.g. offset=50&limit=50)") from None
+        if offset < 0 or not 1 <= limit <= MAX_PAGE_SIZE:
+            raise InvalidRequest(f"offset must be 0 or more and limit 1 to {MAX_PAGE_SIZE}, got {offset} and {limit}")
+        state = args.get("state") or None
+        states = [*State, UNKNOWN_STATE]
+        if state is not None and state not in states:
+            raise InvalidRequest(f"state must be one of {', '.join(states)}, got {state!r}")
+        sort = args.get("sort") or Sort.DEVICE
+        if sort not in Sort.__members__.values():
+            raise InvalidRequest(f"sort must be one of {', '.join(Sort)}, got {sort!r}")
+        flags = {"online": args.get("online") or None, "desc": args.get("desc") or None}
+        for name, value in flags.items():
+            if value not in (None, "0", "1", "true", "false"):
+                raise InvalidRequest(f"{name} is 1 or 0 (true or false), got {value!r}")
+        online, desc = (None if v is None else v in ("1", "true") for v in flags.values())
+        group, device = args.get("group") or None, args.get("device") or None
+        if len(group or "") > MAX_ID or len(device or "") > MAX_ID:
+            raise InvalidRequest(f"group and device are at most {MAX_ID} characters")
+        return cls(offset, limit, state, group, online, Sort(sort), bool(desc), device)
+
+    def page(self, registry: Registry) -> tuple[list[dict], int]:
+        """This view's rows (device_view shapes) and how many devices match its filter."""
+        devices, total = registry.device_page(state=self.state, group=self.group, online=self.online,
+                                              order=SORT_COLUMNS[self.sort], descending=self.desc,
+                                              offset=self.offset, limit=self.limit)
+        return [device_view(d) for d in devices], total
+
+    def as_json(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 def last_result(device: dict) -> dict | None:
@@ -42,9 +115,29 @@ def rollout_view(record: RolloutRecord) -> dict:
             "updated_at": record.updated_at}
 
 
-def snapshot(registry: Registry) -> dict:
-    """Every device, the newest rollouts and their decisions, and the server's clock."""
+def counts(registry: Registry) -> dict:
+    """The fleet's counts for the summary line and the state filter, from one aggregate query."""
+    by_state, online = registry.summary()
+    return {"total": sum(by_state.values()), "online": sum(online.values()),
+            "downloading": by_state.get(State.DOWNLOADING, 0), "by_state": by_state}
+
+
+def page_message(view: View, rows: list[dict], total: int) -> dict:
+    """The window the table shows: its rows' ids in order, and how many devices match the filter."""
+    return {**view.as_json(), "total": total, "ids": [d["device_id"] for d in rows]}
+
+
+def snapshot(registry: Registry, view: View | None = None) -> dict:
+    """The counts, one page of devices (and the open device's row), the newest rollouts and
+    their decisions, and the server's clock."""
+    view = view or View()
+    rows, total = view.page(registry)
+    if view.device and all(d["device_id"] != view.device for d in rows):
+        watched = registry.device(view.device)
+        extra = [device_view(watched)] if watched else []
+    else:
+        extra = []
     records = registry.rollout_records(latest=SNAPSHOT_ROLLOUTS)
-    return {"at": time.time(), "devices": [device_view(d) for d in registry.devices()],
-            "rollouts": [rollout_view(r) for r in records],
+    return {"at": time.time(), "counts": counts(registry), "page": page_message(view, rows, total),
+            "devices": rows + extra, "rollouts": [rollout_view(r) for r in records],
             "decisions": [entry for r in records for entry in registry.rollout_log(rollout_id=r.rollout.id)]}

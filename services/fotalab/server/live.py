@@ -4,10 +4,13 @@ Server-Sent Events streams.
 A stream holds one of the worker's Flask threads for as long as it is open, and the cost
 must not grow with every open dashboard, so:
 - one poller thread per worker process (running while the process has streams) reads what
-  changed once per interval: devices seen since its cursor (last_seen moves on every state,
-  status and event), events and rollout log entries after their ids, rollouts saved since
-  its cursor; every stream of the process gets that same batch, encoded once, and none
-  queries or encodes on its own;
+  changed once per interval: the ids of devices seen since its cursor (last_seen moves on
+  every state, status and event), events and rollout log entries after their ids, rollouts
+  saved since its cursor, and the fleet's counts (one aggregate query); then, once per
+  distinct view (a page's filter, order and window: fleetview.View) and not per stream, that
+  view's page when a device changed, encoded once for every stream showing it. A stream
+  carries its page's changed rows and the counts, never the fleet: at 10,000 devices a
+  rollout changes thousands of devices a minute, and a page shows 50;
 - a stream starts with a full snapshot (fleetview.snapshot), taken after it subscribed, so
   it misses nothing (a change may arrive twice; the page merges by key);
 - streams are capped per worker (config.stream_limit, at most half its threads), so
@@ -27,8 +30,9 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Iterator
+from typing import NamedTuple
 
-from .fleetview import device_view, rollout_view
+from .fleetview import View, counts, device_view, page_message, rollout_view
 from .registry import Registry
 
 log = logging.getLogger("fotalab.server.live")
@@ -47,8 +51,21 @@ def sse(kind: str, data: object, *, retry_ms: int | None = None) -> bytes:
     return f"{retry}event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
+class Batch(NamedTuple):
+    """What changed in the registry since the previous read, read once per worker for every stream."""
+    at: float
+    seen: frozenset[str]            # devices seen since (a state, status or event of theirs arrived)
+    counts: dict | None             # fleetview.counts, when a device changed
+    events: list[dict]
+    rollouts: list[dict]
+    decisions: list[dict]
+
+
 class ChangeFeed:
-    """The registry's changes since the last read, as a batch in fleetview's shapes."""
+    """The registry's changes since the last read (one Batch), then each view's message from it:
+    the counts, the rows of its page that changed (or came onto it), its window's ids in order
+    and the events of those rows and of its open device (the rest only as event_kinds, which
+    tell the page's charts to reload), so a page of 50 gets 50 rows at most, whatever the fleet."""
 
     def __init__(self, registry: Registry) -> None:
         self._registry = registry
@@ -56,14 +73,15 @@ class ChangeFeed:
         self._seen = self._saved = time.time() - START_SLACK_S
         self._at_seen: set[str] = set()          # devices already sent with last_seen == self._seen
         self._revisions: dict[int, int] = {}     # rollout id -> last revision sent
+        self._pages: dict[View, dict[str, dict]] = {}    # view -> its rows as last sent, by device id
 
-    def read(self) -> dict | None:
+    def read(self) -> Batch | None:
         registry = self._registry
-        devices = registry.devices(seen_since=self._seen)
-        fresh = [d for d in devices if d["last_seen"] > self._seen or d["device_id"] not in self._at_seen]
-        if devices:
-            self._seen = max(d["last_seen"] for d in devices)
-            self._at_seen = {d["device_id"] for d in devices if d["last_seen"] == self._seen}
+        seen = registry.seen_since(self._seen)
+        fresh = frozenset(d for d, at in seen if at > self._seen or d not in self._at_seen)
+        if seen:
+            self._seen = max(at for _, at in seen)
+            self._at_seen = {d for d, at in seen if at == self._seen}
         events = registry.events(after=self._events, limit=EVENTS_PER_POLL)
         self._events = events[-1]["id"] if events else self._events
         decisions = registry.rollout_log(after=self._log, limit=EVENTS_PER_POLL)
@@ -74,14 +92,41 @@ class ChangeFeed:
         self._revisions.update((r.rollout.id, r.rollout.revision) for r in changed)
         if not (fresh or events or decisions or changed):
             return None
-        return {"at": time.time(), "devices": [device_view(d) for d in fresh], "events": events,
-                "rollouts": [rollout_view(r) for r in changed], "decisions": decisions}
+        return Batch(time.time(), fresh, counts(registry) if fresh else None, events,
+                     [rollout_view(r) for r in changed], decisions)
+
+    def message(self, batch: Batch, view: View) -> dict:
+        """`batch` as the streams showing `view` need it. The page is read again only when a
+        device changed (or the view is new here); rows are sent when they differ from the rows
+        last sent for this view, so a stream that subscribed since gets them at worst twice."""
+        sent = self._pages.get(view)
+        message = {"at": batch.at, "event_kinds": sorted({e["event"] for e in batch.events}),
+                   "rollouts": batch.rollouts, "decisions": batch.decisions, "devices": []}
+        if batch.counts is not None:
+            message["counts"] = batch.counts
+        if sent is None or batch.seen:
+            rows, total = view.page(self._registry)
+            message["page"] = page_message(view, rows, total)
+            message["devices"] = [d for d in rows if (sent or {}).get(d["device_id"]) != d]
+            self._pages[view] = {d["device_id"]: d for d in rows}
+            if view.device in batch.seen and view.device not in self._pages[view]:
+                watched = self._registry.device(view.device)
+                message["devices"] += [device_view(watched)] if watched else []
+        shown = self._pages[view].keys() | {view.device}
+        message["events"] = [e for e in batch.events if e["device_id"] in shown]     # its rows' and open device's
+        return message
+
+    def keep(self, views: set[View]) -> None:
+        """Forget the pages of views no stream shows any more."""
+        for view in set(self._pages) - views:
+            del self._pages[view]
 
 
 class Subscription:
-    """One stream's queue of encoded batches; `ended` says why it must stop ("" while it may go on)."""
+    """One stream's queue of encoded batches for its view; `ended` says why it must stop ("" while it may go on)."""
 
-    def __init__(self) -> None:
+    def __init__(self, view: View | None = None) -> None:
+        self.view = view or View()
         self._ready = threading.Condition()
         self._pending: deque[bytes] = deque()
         self.ended = ""
@@ -140,12 +185,13 @@ class LiveHub:
         self._closed = threading.Event()
         _HUBS.add(self)
 
-    def subscribe(self) -> Subscription | None:
-        """A new subscription, or None when this process has `limit` streams (or is stopping)."""
+    def subscribe(self, view: View | None = None) -> Subscription | None:
+        """A new subscription to `view`'s changes, or None when this process has `limit` streams
+        (or is stopping)."""
         with self._lock:
             if self._closed.is_set() or len(self._subscribers) >= self.limit:
                 return None
-            subscription = Subscription()
+            subscription = Subscription(view or View())
             self._subscribers.add(subscription)
             if self._poller is None:
                 self._poller = threading.Thread(target=self._poll, args=(ChangeFeed(self._registry),),
@@ -183,11 +229,22 @@ class LiveHub:
             except sqlite3.Error as exc:
                 log.warning("reading registry changes for the dashboards failed (%s); retrying", exc)
                 continue
-            if batch:
-                message = sse("changes", batch)
-                with self._lock:
-                    for subscription in self._subscribers:
-                        subscription.offer(message)
+            if not batch:
+                continue
+            with self._lock:
+                views = {subscription.view for subscription in self._subscribers}
+            try:
+                messages = {view: sse("changes", feed.message(batch, view)) for view in views}
+            except sqlite3.Error as exc:
+                log.warning("reading the dashboards' pages failed (%s); their streams start again", exc)
+                messages = {}
+            feed.keep(set(messages))
+            with self._lock:
+                for subscription in self._subscribers:
+                    if subscription.view in messages:
+                        subscription.offer(messages[subscription.view])
+                    elif subscription.view in views:        # a batch it missed: a fresh snapshot instead
+                        subscription.end("its page could not be read")
 
 
 def close_all() -> None:

@@ -112,6 +112,8 @@ EVENT_COLUMNS = ("id", "device_id", "ts", "event", "received_at", "payload")    
 UPSERT_ASSIGNMENT = ("INSERT INTO assignments (device_id, version, assigned_at) VALUES (?, ?, ?) "
                      "ON CONFLICT (device_id) DO UPDATE SET version = excluded.version, "
                      "assigned_at = excluded.assigned_at")
+UNKNOWN_STATE = "unknown"        # the state of a device that has not reported one yet
+PAGE_ORDERS = ("device_id", "state", "version", "last_seen")     # the fleet table's orders (device_page)
 ACTIVE = f"status IN ({', '.join('?' * len(ACTIVE_ROLLOUTS))})"   # a rollout's; bind ACTIVE_ROLLOUTS to it
 
 
@@ -305,12 +307,50 @@ class Registry:
         return row[0], row[1]
 
     def counts(self) -> tuple[dict[str, int], int]:
-        """Devices by state (devices that never reported a state count as 'unknown'), and online."""
+        """Devices by state (devices that never reported a state count as 'unknown'), and online:
+        /metrics at scrape time, so one aggregate query (summary)."""
+        by_state, online = self.summary()
+        return by_state, sum(online.values())
+
+    # --- the dashboard's fleet table (fleetview.py): counts and one page, never the whole fleet ---
+
+    def summary(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Devices by state and online devices by state, in one scan that returns a row per state:
+        the dashboard's counts and /metrics at 10,000 devices ship no device out of SQLite."""
+        rows = self._db().execute("SELECT state, count(*), total(online) FROM devices GROUP BY state").fetchall()
+        return ({row[0] or UNKNOWN_STATE: row[1] for row in rows},
+                {row[0] or UNKNOWN_STATE: int(row[2]) for row in rows})
+
+    def device_page(self, *, state: str | None = None, group: str | None = None, online: bool | None = None,
+                    order: str = "device_id", descending: bool = False, offset: int = 0,
+                    limit: int = 50) -> tuple[list[dict], int]:
+        """One page of the devices matching the filter, in `order` (a PAGE_ORDERS column; the
+        device id breaks ties, so pages never overlap), and how many match: the table's pager."""
+        if order not in PAGE_ORDERS:
+            raise ValueError(f"order must be one of {', '.join(PAGE_ORDERS)}, not {order!r}")
+        where, args = [], []
+        if state is not None:
+            where.append("d.state = ?" if state != UNKNOWN_STATE else "d.state IS NULL")
+            args += [state] if state != UNKNOWN_STATE else []
+        if group is not None:                       # the group is in the report only: one JSON read per row
+            where.append("json_extract(d.report, '$.group') = ?")
+            args.append(group)
+        if online is not None:
+            where.append("d.online = ?")
+            args.append(int(online))
+        sql_where = " WHERE " + " AND ".join(where) if where else ""
+        direction = "DESC" if descending else "ASC"
         db = self._db()
-        by_state = {row[0] or "unknown": row[1]
-                    for row in db.execute("SELECT state, count(*) FROM devices GROUP BY state")}
-        online = db.execute("SELECT count(*) FROM devices WHERE online = 1").fetchone()[0]
-        return by_state, online
+        total = db.execute(f"SELECT count(*) FROM devices d{sql_where}", args).fetchone()[0]
+        rows = db.execute(f"{self._SELECT_DEVICES}{sql_where} ORDER BY d.{order} {direction}, "
+                          f"d.device_id {direction} LIMIT ? OFFSET ?", [*args, limit, offset])
+        return [self._device(row) for row in rows], total
+
+    def seen_since(self, since: float) -> list[tuple[str, float]]:
+        """(device_id, last_seen) of the devices seen since `since`: the change feed's cursor,
+        without reading their rows (live.py reads only the pages that are open)."""
+        return [(row[0], row[1]) for row in
+                self._db().execute("SELECT device_id, last_seen FROM devices WHERE last_seen >= ?", (since,))]
 
     # --- assignments ------------------------------------------------------------------------------
 
