@@ -1,7 +1,9 @@
 """The dashboard in a real browser (Debian's headless Chromium driven by Selenium) against the
 compose lab: a device's progress bar moves during its update, a killed device goes offline and
-comes back, and a rollout started from the page reaches the fleet. Screenshots of each step
-are saved under test-artifacts/screenshots/."""
+comes back, and a rollout started from the page reaches the fleet. And against a local server
+whose registry holds a fleet bigger than a page (no Docker): the table pages, filters and
+counts, and a live change redraws only its own row. Screenshots of each step are saved under
+test-artifacts/screenshots/."""
 from __future__ import annotations
 
 import importlib.util
@@ -12,6 +14,9 @@ from pathlib import Path
 
 import pytest
 import requests
+
+from fotalab.protocol import State
+from fotalab.server.registry import Registry
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -77,6 +82,83 @@ def wait_until(driver, check: Callable[[object], object], timeout: float, what: 
 
 def cell(driver, device: str, field: str):
     return driver.find_element("css selector", f'#fleet tr[data-device="{device}"] [data-field="{field}"]')
+
+
+PAGED_FLEET = 120                 # devices: 50 a page, so three pages
+
+
+def fleet_report(n: int, ts: float, state: str) -> dict:
+    return {"ts": ts, "state": state, "version": "1.0.0", "hardware": "fotalab-m4", "slot": "a",
+            "group": "sim" if n % 4 else "lab", "progress": 0.5 if state == State.DOWNLOADING else None}
+
+
+@pytest.fixture(scope="module")
+def paged_server(tmp_path_factory, require) -> Iterator[tuple[object, Registry]]:
+    """A local update server (no broker) with PAGED_FLEET devices written into its registry as
+    the ingester writes them: every third one downloading, the even ones online."""
+    require(browser_problem())
+    from fotalab.lab.locallab import Server, build_releases
+
+    root = tmp_path_factory.mktemp("paged")
+    server = Server(build_releases(root / "store"), root / "server.log", workers=1,
+                    env={"FOTA_API_TOKEN": "paged", "FOTA_MQTT_HOST": "", "FOTA_SERVER_THREADS": "8"}).start()
+    try:
+        registry = Registry(server.data_dir / "registry.sqlite3")
+        with registry.batch():
+            for n in range(1, PAGED_FLEET + 1):
+                registry.record_state(f"sim-{n:03d}", fleet_report(n, 1.0, State.DOWNLOADING if n % 3 == 0
+                                                                   else State.RUNNING))
+                registry.record_status(f"sim-{n:03d}", n % 2 == 0)
+        yield server, registry
+    finally:
+        server.stop()
+
+
+def page_ids(driver) -> list[str]:
+    return [tr.get_attribute("data-device") for tr in driver.find_elements("css selector", "#fleet tbody tr")]
+
+
+def test_fleet_table_pages_filters_and_redraws_only_changed_rows(paged_server, chromium):
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.support.ui import Select
+
+    server, registry = paged_server
+    driver = chromium
+    driver.get(f"{server.url}/")
+    wait_until(driver, lambda d: d.find_element("css selector", "body").get_attribute("data-live") == "connected",
+               30, "the dashboard's live stream connected")
+    summary = lambda d: d.find_element("css selector", "#fleet-summary").text  # noqa: E731
+    wait_until(driver, lambda d: summary(d) == "120 devices · 60 online · 40 downloading", 10, "the fleet's counts")
+    assert page_ids(driver) == [f"sim-{n:03d}" for n in range(1, 51)]
+    assert driver.find_element("css selector", "#fleet-range").text == "1–50 of 120"
+
+    driver.find_element("css selector", "#fleet-next").click()
+    wait_until(driver, lambda d: page_ids(d)[:1] == ["sim-051"], 10, "page 2 starting at sim-051")
+    assert page_ids(driver) == [f"sim-{n:03d}" for n in range(51, 101)]
+    assert driver.find_element("css selector", "#fleet-range").text == "51–100 of 120"
+    driver.save_screenshot(str(SCREENSHOTS / "08-fleet-page-2.png"))
+
+    # a change on this page redraws its row only; a change on another page reaches the counts only
+    untouched = driver.find_element("css selector", '#fleet tr[data-device="sim-052"]')
+    registry.record_state("sim-054", fleet_report(54, 2.0, State.COMMITTED))     # was downloading
+    registry.record_state("sim-003", fleet_report(3, 2.0, State.COMMITTED))      # page 1, was downloading
+    wait_until(driver, lambda d: cell(d, "sim-054", "state").text == "committed", 10, "sim-054's new state")
+    wait_until(driver, lambda d: summary(d) == "120 devices · 60 online · 38 downloading", 10, "the new counts")
+    try:
+        assert untouched.get_attribute("data-device") == "sim-052"
+    except StaleElementReferenceException:
+        pytest.fail("a change of sim-054 redrew sim-052's row: the table was redrawn")
+    assert not driver.find_elements("css selector", '#fleet tr[data-device="sim-003"]')
+
+    driver.find_element("css selector", "#fleet-next").click()
+    wait_until(driver, lambda d: page_ids(d) == [f"sim-{n:03d}" for n in range(101, 121)], 10, "page 3: 20 devices")
+    assert driver.find_element("css selector", "#fleet-next").get_attribute("disabled") is not None
+
+    Select(driver.find_element("css selector", "#fleet-state")).select_by_value("downloading")
+    expected = [f"sim-{n:03d}" for n in range(3, 121, 3) if n not in (3, 54)]
+    wait_until(driver, lambda d: page_ids(d) == expected, 10, "the downloading devices, from page 1")
+    assert driver.find_element("css selector", "#fleet-range").text == "1–38 of 38"
+    driver.save_screenshot(str(SCREENSHOTS / "09-fleet-filtered.png"))
 
 
 def test_progress_bar_moves_while_a_device_downloads_and_it_commits(factory_fleet, fleet, dashboard):

@@ -1,5 +1,7 @@
 // The fota-lab fleet dashboard: live state from the server's event stream (or polling),
 // read-only without the API token, actions through the token-protected API with it.
+// The fleet table holds one page (the view: filter, order, window) and the counts, never the
+// fleet: a change patches only the rows it names, and paging reopens the stream for the new view.
 import { bytes, drawBandwidth, drawRecoveries, drawRollout } from "./charts.js";
 
 const $ = (selector, root = document) => root.querySelector(selector);
@@ -8,11 +10,13 @@ const POLL_MS = 3000;
 const SSE_RETRY_MS = 30000;        // from polling, try the stream again this often
 const CHART_MS = 30000;
 const HISTORY_PAGES = 10;          // at most 10 x 1000 events on a device page
+const DEFAULT_VIEW = { offset: 0, limit: 50, state: "", group: "", sort: "device", desc: false };
 
 const state = {
   devices: new Map(), rollouts: new Map(), decisions: new Map(),
   clockSkew: 0, source: null, pollTimer: null, chartRollout: null, chartSoon: null,
   device: null, historyIds: new Set(),
+  view: { ...DEFAULT_VIEW }, page: { ids: [], total: 0 }, counts: null, fetchingPage: false,
 };
 
 // ---- helpers -------------------------------------------------------------------------------
@@ -77,31 +81,86 @@ function setLive(mode) {
   $("#live-text").textContent = { connected: "live", polling: "polling", offline: "offline" }[mode];
 }
 
+// The query string of every fleet request: the table's view and the device whose page is open.
+function viewQuery() {
+  const params = new URLSearchParams({ offset: state.view.offset, limit: state.view.limit, sort: state.view.sort });
+  if (state.view.desc) params.set("desc", "1");
+  if (state.view.state) params.set("state", state.view.state);
+  if (state.view.group) params.set("group", state.view.group);
+  if (state.device) params.set("device", state.device);
+  return params.toString();
+}
+
+// Rows that arrived: the ones that differ from what the page holds are redrawn, no other.
+function takeDevices(devices) {
+  const changed = new Set();
+  for (const d of devices) {
+    const known = state.devices.get(d.device_id);
+    if (!known || JSON.stringify(known) !== JSON.stringify(d)) changed.add(d.device_id);
+    state.devices.set(d.device_id, d);
+  }
+  return changed;
+}
+
+function applyPage(page, devices, counts) {
+  const changed = takeDevices(devices);
+  if (counts) state.counts = counts;
+  if (page) state.page = page;
+  const keep = new Set([...state.page.ids, state.device]);
+  for (const id of [...state.devices.keys()]) if (!keep.has(id)) state.devices.delete(id);
+  renderFleet(changed);
+}
+
 function applySnapshot(snapshot) {
   state.clockSkew = snapshot.at - Date.now() / 1000;
-  state.devices = new Map(snapshot.devices.map((d) => [d.device_id, d]));
   state.rollouts = new Map(snapshot.rollouts.map((r) => [r.id, r]));
   state.decisions = new Map(snapshot.decisions.map((d) => [d.id, d]));
-  renderAll();
+  applyPage(snapshot.page, snapshot.devices, snapshot.counts);
+  renderRollouts();
+  if (state.device) renderDeviceFacts();
 }
 
 function applyChanges(changes) {
   state.clockSkew = changes.at - Date.now() / 1000;
-  for (const d of changes.devices) state.devices.set(d.device_id, d);
   for (const r of changes.rollouts) state.rollouts.set(r.id, r);
   for (const d of changes.decisions) state.decisions.set(d.id, d);
-  if (changes.devices.length) renderFleet();
+  if (changes.page || changes.devices.length || changes.counts) applyPage(changes.page, changes.devices, changes.counts);
   if (changes.rollouts.length || changes.decisions.length) renderRollouts();
   const mine = changes.events.filter((e) => e.device_id === state.device);
   if (mine.length) addHistory(mine);
   if (state.device && changes.devices.some((d) => d.device_id === state.device)) renderDeviceFacts();
   const charted = ["committed", "booted", "download_resumed", "update_resumed"];
-  if (changes.decisions.length || changes.events.some((e) => charted.includes(e.event))) chartsSoon();
+  if (changes.decisions.length || (changes.event_kinds || []).some((kind) => charted.includes(kind))) chartsSoon();
+}
+
+// A change named rows this page does not hold (it should not happen): read the page itself.
+async function fetchPage() {
+  if (state.fetchingPage) return;
+  state.fetchingPage = true;
+  try {
+    const data = await api("GET", `/api/v1/dashboard/devices?${viewQuery()}`);
+    applyPage(data.page, data.devices, data.counts);
+  } catch (error) {
+    say(error.message, true);
+  } finally {
+    state.fetchingPage = false;
+  }
+}
+
+// The view changed (a page, a filter, an order, a device page): the stream is reopened for it.
+function reconnect() {
+  if (state.source) {
+    state.source.close();
+    state.source = null;
+    connect();
+  } else if (state.pollTimer) {
+    poll();
+  }
 }
 
 function connect() {
   if (!window.EventSource) return startPolling();
-  const source = new EventSource("/api/v1/stream");
+  const source = new EventSource(`/api/v1/stream?${viewQuery()}`);
   state.source = source;
   let fallback = null;
   source.addEventListener("snapshot", (message) => {
@@ -130,7 +189,7 @@ function connect() {
 
 async function poll() {
   try {
-    const response = await fetch("/api/v1/dashboard");
+    const response = await fetch(`/api/v1/dashboard?${viewQuery()}`);
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
     applySnapshot(await response.json());
     if (!state.source) setLive("polling");
@@ -192,18 +251,86 @@ function fleetRow(device) {
     h("td", { "data-field": "last-seen", "data-ts": device.last_seen, text: ago(device.last_seen) }),
     h("td", { "data-field": "last-result", class: result ? (result.outcome === "committed" ? "result-good" : "result-bad") : "",
               text: lastResultText(result) }),
-    h("td", {}, h("button", { type: "button", class: "secondary", "data-action": "trigger",
+    h("td", {}, h("button", { type: "button", class: "secondary", "data-action": "trigger", disabled: !token(),
                               "data-device-id": device.device_id, text: "Trigger" })));
 }
 
-function renderFleet() {
-  const devices = [...state.devices.values()].sort((a, b) => a.device_id.localeCompare(b.device_id));
-  $("#fleet tbody").replaceChildren(...devices.map(fleetRow));
-  $("#fleet-empty").hidden = devices.length > 0;
-  const online = devices.filter((d) => d.online).length;
-  const downloading = devices.filter((d) => d.state === "downloading").length;
-  $("#fleet-summary").textContent = `${devices.length} devices · ${online} online · ${downloading} downloading`;
-  applyAuth();
+// The page's rows in the page's order: rows that left go, `changed` rows are redrawn, the
+// others are only moved if the order changed; nothing else on the page is touched.
+function renderFleet(changed = new Set()) {
+  const tbody = $("#fleet tbody");
+  const ids = state.page.ids;
+  const wanted = new Set(ids);
+  const rows = new Map();
+  for (const tr of [...tbody.children]) {
+    if (wanted.has(tr.dataset.device)) rows.set(tr.dataset.device, tr);
+    else tr.remove();
+  }
+  let previous = null;
+  let missing = false;
+  for (const id of ids) {
+    const device = state.devices.get(id);
+    if (!device) { missing = true; continue; }
+    let tr = rows.get(id);
+    if (!tr || changed.has(id)) {
+      const fresh = fleetRow(device);
+      if (tr) tr.replaceWith(fresh);
+      tr = fresh;
+    }
+    const place = previous ? previous.nextElementSibling : tbody.firstElementChild;
+    if (tr !== place) tbody.insertBefore(tr, place);
+    previous = tr;
+  }
+  if (missing) fetchPage();
+  renderSummary();
+  renderPager();
+}
+
+function renderSummary() {
+  const counts = state.counts || { total: 0, online: 0, downloading: 0, by_state: {} };
+  $("#fleet-summary").textContent = `${counts.total} devices · ${counts.online} online · ${counts.downloading} downloading`;
+  $("#fleet-empty").hidden = counts.total > 0;
+  const select = $("#fleet-state");
+  const states = Object.keys(counts.by_state).sort();
+  if (state.view.state && !states.includes(state.view.state)) states.push(state.view.state);
+  const options = [h("option", { value: "", text: `all states (${counts.total})` }),
+    ...states.map((s) => h("option", { value: s, text: `${s} (${counts.by_state[s] || 0})` }))];
+  if (select.options.length !== options.length
+      || options.some((o, i) => select.options[i].value !== o.value || select.options[i].text !== o.text)) {
+    select.replaceChildren(...options);
+  }
+  select.value = state.view.state;
+}
+
+function renderPager() {
+  const { offset, limit } = state.view;
+  const total = state.page.total;
+  if (offset > 0 && offset >= total) {                   // the page emptied (a filter shrank): go to the last one
+    setView({ offset: Math.max(0, Math.floor((total - 1) / limit) * limit) });
+    return;
+  }
+  const shown = state.page.ids.length;
+  $("#fleet-range").textContent = shown ? `${offset + 1}–${offset + shown} of ${total}` : `0 of ${total}`;
+  $("#fleet-page").textContent = `page ${Math.floor(offset / limit) + 1} of ${Math.max(1, Math.ceil(total / limit))}`;
+  $("#fleet-prev").disabled = offset === 0;
+  $("#fleet-next").disabled = offset + limit >= total;
+  $("#fleet-nomatch").hidden = shown > 0 || !state.counts || state.counts.total === 0;
+}
+
+function setView(change) {
+  state.view = { ...state.view, ...change };
+  reconnect();
+}
+
+function wirePager() {
+  $("#fleet-view").addEventListener("submit", (event) => event.preventDefault());    // Enter in the group box
+  $("#fleet-prev").addEventListener("click", () => setView({ offset: Math.max(0, state.view.offset - state.view.limit) }));
+  $("#fleet-next").addEventListener("click", () => setView({ offset: state.view.offset + state.view.limit }));
+  $("#fleet-size").addEventListener("change", (event) => setView({ limit: Number(event.target.value), offset: 0 }));
+  $("#fleet-state").addEventListener("change", (event) => setView({ state: event.target.value, offset: 0 }));
+  $("#fleet-group").addEventListener("change", (event) => setView({ group: event.target.value.trim(), offset: 0 }));
+  $("#fleet-sort").addEventListener("change", (event) => setView({ sort: event.target.value, offset: 0 }));
+  $("#fleet-desc").addEventListener("change", (event) => setView({ desc: event.target.checked, offset: 0 }));
 }
 
 function tickLastSeen() {
@@ -377,7 +504,9 @@ function renderDeviceFacts() {
 }
 
 async function showDevice(id) {
+  const reopen = state.device !== id;
   state.device = id;
+  if (reopen) reconnect();                               // the stream then carries this device's row and events
   state.historyIds = new Set();
   $("#overview").hidden = true;
   $("#device").hidden = false;
@@ -403,7 +532,10 @@ async function showDevice(id) {
 function route() {
   const match = location.hash.match(/^#\/devices\/(.+)$/);
   if (match) return showDevice(decodeURIComponent(match[1]));
-  state.device = null;
+  if (state.device) {
+    state.device = null;
+    reconnect();
+  }
   $("#device").hidden = true;
   $("#overview").hidden = false;
 }
@@ -478,14 +610,9 @@ function wireActions() {
   $("#chart-hours").addEventListener("change", loadCharts);
 }
 
-function renderAll() {
-  renderFleet();
-  renderRollouts();
-  if (state.device) renderDeviceFacts();
-}
-
 async function start() {
   wireActions();
+  wirePager();
   applyAuth();
   window.addEventListener("hashchange", route);
   route();
