@@ -1,15 +1,20 @@
 """The dashboard: its page and offline assets, the snapshot, chart data computed from the
-event history, the rollout log (engine and operator decisions), and the v2 -> v3 migration."""
+event history, the rollout log (engine and operator decisions), and the v2 -> v3 migration;
+the fleet table a page at a time (filters, orders, counts in SQL) and the change feed per view."""
 from __future__ import annotations
 
 import json
 import re
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
 
+from fotalab.protocol import Event, State
 from fotalab.server import ingest, rollout_engine
+from fotalab.server.fleetview import View
+from fotalab.server.live import ChangeFeed
 from fotalab.server.registry import SCHEMA_VERSION, Registry
 from server_samples import TOKEN
 
@@ -150,7 +155,6 @@ def test_bandwidth_chart_compares_downloads_with_full_images(client, registry, s
 
 
 def test_recoveries_chart_counts_power_on_boots_and_resumes_in_the_window(client, registry):
-    import time
     now = time.time()
     events = [("booted", {"reset_reason": "power-on"}, now - 60), ("booted", {"reset_reason": "power-on"}, now - 50),
               ("booted", {"reset_reason": "watchdog: no kick for 10 s"}, now - 40),
@@ -221,3 +225,118 @@ def test_a_v2_database_is_migrated_with_a_log_for_its_rollouts(tmp_path):
     [entry] = registry.rollout_log(rollout_id=1)
     assert (entry["action"], entry["at"], entry["phase"]) == ("created", 100.0, 0)
     assert registry.rollout(1).revision == 3
+
+
+# --- the fleet table at scale: counts in SQL, a page at a time, changes per view -------------------
+
+def fleet(registry: Registry, size: int) -> None:
+    """`size` devices sim-001...: every third downloading, every fourth in group lab, the even ones online;
+    seen in that order within the last second (a change feed started now reads them)."""
+    base = time.time() - 1
+    with registry.batch():
+        for n in range(1, size + 1):
+            device = f"sim-{n:03d}"
+            registry.record_state(device, {"ts": 1.0, "state": State.DOWNLOADING if n % 3 == 0 else State.RUNNING,
+                                           "version": f"1.0.{n % 2}", "group": "lab" if n % 4 == 0 else "sim"},
+                                  now=base + n / 1000)
+            registry.record_status(device, n % 2 == 0, now=base + n / 1000)
+
+
+def ids(body: dict) -> list[str]:
+    return [d["device_id"] for d in body["devices"]]
+
+
+def test_snapshot_sends_one_page_of_the_fleet_and_counts_from_the_registry(client, registry):
+    fleet(registry, 120)
+    first = client.get("/api/v1/dashboard").json
+    assert ids(first) == [f"sim-{n:03d}" for n in range(1, 51)] and first["page"]["ids"] == ids(first)
+    assert first["counts"] == {"total": 120, "online": 60, "downloading": 40,
+                               "by_state": {State.DOWNLOADING: 40, State.RUNNING: 80}}
+    assert (first["page"]["total"], first["page"]["offset"], first["page"]["limit"]) == (120, 0, 50)
+    second = client.get("/api/v1/dashboard?offset=50").json
+    assert ids(second) == [f"sim-{n:03d}" for n in range(51, 101)] and not set(ids(first)) & set(ids(second))
+    last = client.get("/api/v1/dashboard/devices?offset=100&limit=50").json
+    assert ids(last) == [f"sim-{n:03d}" for n in range(101, 121)] and last["counts"]["total"] == 120
+    assert "rollouts" not in last
+
+
+@pytest.mark.parametrize("query, expected", [
+    ("state=downloading&limit=5", [f"sim-{n:03d}" for n in (3, 6, 9, 12, 15)]),
+    ("state=downloading&offset=38", ["sim-117", "sim-120"]),
+    ("group=lab&limit=3", ["sim-004", "sim-008", "sim-012"]),
+    ("group=lab&state=downloading&limit=3", ["sim-012", "sim-024", "sim-036"]),
+    ("online=1&limit=3&sort=device&desc=1", ["sim-120", "sim-118", "sim-116"]),
+    ("sort=last_seen&desc=true&limit=2", ["sim-120", "sim-119"]),
+    ("sort=version&limit=2", ["sim-002", "sim-004"]),          # 1.0.0 first, the device id breaks ties
+    ("sort=state&desc=1&limit=2", ["sim-119", "sim-118"]),     # running after downloading, then ids descending
+    ("state=unknown", []),
+])
+def test_pages_filter_and_sort_in_the_registry(client, registry, query, expected):
+    fleet(registry, 120)
+    body = client.get(f"/api/v1/dashboard/devices?{query}").json
+    assert ids(body) == expected and body["page"]["ids"] == expected
+    assert body["counts"]["total"] == 120                      # the counts are the fleet's, not the filter's
+
+
+def test_page_total_counts_the_filter(client, registry):
+    fleet(registry, 120)
+    assert client.get("/api/v1/dashboard/devices?state=downloading&group=lab").json["page"]["total"] == 10
+
+
+@pytest.mark.parametrize("query, message", [
+    ("offset=-1", "offset must be 0 or more"), ("limit=0", "limit 1 to 500"), ("limit=501", "limit 1 to 500"),
+    ("offset=x", "whole numbers"), ("state=sleeping", "state must be one of"), ("sort=hardware", "sort must be one of"),
+    ("online=maybe", "online is 1 or 0"), ("group=" + "g" * 201, "at most 200 characters")])
+@pytest.mark.parametrize("path", ["/api/v1/dashboard", "/api/v1/dashboard/devices", "/api/v1/stream"])
+def test_page_queries_are_checked(client, path, query, message):
+    response = client.get(f"{path}?{query}")
+    assert response.status_code == 400 and message in response.json["error"]
+
+
+def test_the_open_device_comes_with_the_snapshot_even_off_the_page(client, registry):
+    fleet(registry, 120)
+    body = client.get("/api/v1/dashboard?device=sim-099").json
+    assert ids(body)[-1] == "sim-099" and "sim-099" not in body["page"]["ids"] and len(body["devices"]) == 51
+
+
+def test_metrics_counts_come_from_one_aggregate_query(client, registry):
+    fleet(registry, 120)
+    statements: list[str] = []
+    registry._db().set_trace_callback(statements.append)
+    assert registry.counts() == ({State.DOWNLOADING: 40, State.RUNNING: 80}, 60)
+    registry._db().set_trace_callback(None)
+    assert len(statements) == 1 and "GROUP BY state" in statements[0]
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'fotalab_devices{state="downloading"} 40.0' in text and "fotalab_devices_online 60.0" in text
+
+
+def test_a_change_batch_carries_the_counts_and_only_its_views_changed_rows(registry):
+    fleet(registry, 120)
+    feed = ChangeFeed(registry)
+    first, second = View(), View(offset=50)
+    batch = feed.read()
+    assert {v: len(feed.message(batch, v)["devices"]) for v in (first, second)} == {first: 50, second: 50}
+    assert feed.read() is None                                 # nothing changed since
+    registry.record_state("sim-054", {"ts": 2.0, "state": State.COMMITTED, "version": "2.0.0"}, now=time.time())
+    registry.record_event("sim-054", {"ts": 2.0, "event": Event.COMMITTED, "version": "2.0.0"}, now=time.time())
+    batch = feed.read()
+    on_first, on_second = feed.message(batch, first), feed.message(batch, second)
+    assert on_first["devices"] == [] and on_first["events"] == [] and on_first["event_kinds"] == [Event.COMMITTED]
+    assert ids(on_second) == ["sim-054"] and [e["device_id"] for e in on_second["events"]] == ["sim-054"]
+    assert on_first["counts"] == on_second["counts"] and on_first["counts"]["downloading"] == 39
+    assert on_second["page"]["ids"] == [f"sim-{n:03d}" for n in range(51, 101)]
+    downloading = View(state=State.DOWNLOADING, limit=5)       # a device that leaves the filter leaves the page
+    feed.message(batch, downloading)
+    registry.record_state("sim-006", {"ts": 2.0, "state": State.COMMITTED, "version": "2.0.0"}, now=time.time())
+    moved = feed.message(feed.read(), downloading)
+    assert moved["page"]["ids"] == ["sim-003", "sim-009", "sim-012", "sim-015", "sim-018"]
+    assert ids(moved) == ["sim-018"] and moved["page"]["total"] == 38
+
+
+def test_a_rollout_saved_again_is_shown_with_its_new_status(client, registry):
+    running(registry, "dev-1", "dev-2")
+    created = client.post("/api/v1/rollouts", json={"release": "2.0.0", "phases": ["1"]}, headers=AUTH).json
+    assert [r["status"] for r in client.get("/api/v1/dashboard").json["rollouts"]] == ["running"]
+    client.post(f"/api/v1/rollouts/{created['id']}/pause", headers=AUTH)
+    [shown] = client.get("/api/v1/dashboard").json["rollouts"]      # not the view of the revision shown before
+    assert (shown["status"], shown["revision"]) == ("paused", 2)

@@ -10,6 +10,7 @@ thousands would otherwise resend every device's run on each change of the rollou
 """
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -115,6 +116,34 @@ def rollout_view(record: RolloutRecord) -> dict:
             "updated_at": record.updated_at}
 
 
+# (registry path, rollout id, revision, created_at) -> rollout_view: a saved revision never changes
+_VIEWS: dict[tuple[object, int, int, float], dict] = {}
+_VIEWS_KEPT = 64
+_VIEWS_LOCK = threading.Lock()                # request threads and the live poller share it
+
+
+def rollout_views(registry: Registry, latest: int) -> list[dict]:
+    """The newest rollouts' views, oldest first: a body is read and parsed only for a revision this
+    process has not shaped yet (at 10,000 devices that parse was most of a snapshot's time)."""
+    views = []
+    for rollout_id, revision, created_at, updated_at in registry.rollout_heads(latest=latest):
+        key = (registry.path, rollout_id, revision, created_at)
+        with _VIEWS_LOCK:
+            view = _VIEWS.get(key)
+        if view is None:
+            records = registry.rollout_records(rollout_id=rollout_id)
+            if not records:                           # deleted since: nothing to show
+                continue
+            view = rollout_view(records[0])
+            with _VIEWS_LOCK:
+                if len(_VIEWS) >= _VIEWS_KEPT:
+                    _VIEWS.pop(next(iter(_VIEWS)))
+                if view["revision"] == revision:      # else saved since the heads were read: not kept
+                    _VIEWS[key] = view
+        views.append({**view, "updated_at": max(view["updated_at"], updated_at)})
+    return views
+
+
 def counts(registry: Registry) -> dict:
     """The fleet's counts for the summary line and the state filter, from one aggregate query."""
     by_state, online = registry.summary()
@@ -137,7 +166,7 @@ def snapshot(registry: Registry, view: View | None = None) -> dict:
         extra = [device_view(watched)] if watched else []
     else:
         extra = []
-    records = registry.rollout_records(latest=SNAPSHOT_ROLLOUTS)
+    rollouts = rollout_views(registry, SNAPSHOT_ROLLOUTS)
     return {"at": time.time(), "counts": counts(registry), "page": page_message(view, rows, total),
-            "devices": rows + extra, "rollouts": [rollout_view(r) for r in records],
-            "decisions": [entry for r in records for entry in registry.rollout_log(rollout_id=r.rollout.id)]}
+            "devices": rows + extra, "rollouts": rollouts,
+            "decisions": [entry for r in rollouts for entry in registry.rollout_log(rollout_id=r["id"])]}
