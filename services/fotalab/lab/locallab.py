@@ -310,6 +310,50 @@ class Server:
 
 
 @dataclass
+class FrontDoor:
+    """`fota-frontdoor` (nginx) in front of a local server, as compose runs it: artifacts from
+    the store, everything else proxied; its download log in `root`."""
+
+    root: Path
+    server: Server
+    port: int = field(default_factory=free_port)
+    workers: int = 1
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def download_log(self) -> Path:
+        return self.root / "downloads.log"
+
+    def start(self) -> FrontDoor:
+        self.root.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "FOTA_FRONTDOOR_LISTEN": f"127.0.0.1:{self.port}",
+               "FOTA_FRONTDOOR_UPSTREAM": f"127.0.0.1:{self.server.port}",
+               "FOTA_RELEASES_DIR": str(self.server.releases), "FOTA_DOWNLOAD_LOG": str(self.download_log),
+               "FOTA_FRONTDOOR_RUN_DIR": str(self.root / "run"), "FOTA_FRONTDOOR_WORKERS": str(self.workers),
+               "FOTA_FRONTDOOR_RESOLVER": ""}
+        with (self.root / "frontdoor.log").open("ab") as out:
+            self.process = subprocess.Popen([sys.executable, "-m", "fotalab.frontdoor.main"], env=env, stdout=out,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+
+        def healthy() -> bool:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"front door exited with {self.process.returncode}; see {self.root}/frontdoor.log")
+            try:
+                return requests.get(f"{self.url}/healthz", timeout=1).ok
+            except requests.RequestException:
+                return False
+        wait_until(healthy, 20, "front door")
+        return self
+
+    def stop(self) -> None:
+        _stop(self.process)
+
+
+@dataclass
 class FleetSim:
     """`fota-fleetsim` with `devices` virtual devices against a local broker and server."""
 

@@ -33,6 +33,8 @@ class ServerConfig:
     ddi_poll_s: int = 10               # DDI: config.polling.sleep told to every controller
     ddi_gateway_token: str = ""        # DDI: a GatewayToken for the whole tenant; empty: TargetTokens only
     public_url: str = ""               # absolute base of links handed to clients (DDI); empty: the request's host
+    # the front door's download log (nginx serves the artifacts there): read into the download metrics
+    download_log: Path | None = None
 
     @property
     def database(self) -> Path:
@@ -87,4 +89,5 @@ class ServerConfig:
                    ddi_tenant=env.text("FOTA_DDI_TENANT", d.ddi_tenant),
                    ddi_poll_s=env.integer("FOTA_DDI_POLL_S", d.ddi_poll_s, minimum=1, maximum=24 * 3600 - 1),
                    ddi_gateway_token=env.secret("FOTA_DDI_GATEWAY_TOKEN"),
-                   public_url=env.text("FOTA_PUBLIC_URL", d.public_url).rstrip("/"))
+                   public_url=env.text("FOTA_PUBLIC_URL", d.public_url).rstrip("/"),
+                   download_log=env.optional_path("FOTA_DOWNLOAD_LOG"))

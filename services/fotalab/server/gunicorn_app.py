@@ -20,8 +20,9 @@ from prometheus_client import multiprocess
 
 from .app import create_app
 from .config import ServerConfig
+from .downloadlog import DownloadLog, kinds
 from .gateway import asgi_app
-from .ingest import start_ingestion
+from .ingest import Elector, start_ingestion
 from .live import close_all
 from .logs import JsonLogger
 from .registry import Registry
@@ -92,9 +93,15 @@ class GunicornServer(BaseApplication):
         return asgi_app(create_app(self._config), self._config.threads)
 
     def _post_worker_init(self, worker) -> None:
-        """Every worker competes for the ingest lock (ingest.py says why there)."""
-        if self._config.mqtt_host:
-            start_ingestion(self._config, Registry(self._config.database))
+        """Every worker competes for the ingest lock (ingest.py says why there), and for the
+        download log's: one worker reads the front door's log (downloadlog.py)."""
+        config = self._config
+        if config.mqtt_host:
+            start_ingestion(config, Registry(config.database))
+        if config.download_log:
+            reader = DownloadLog(config.download_log, config.data_dir / "metrics" / "download-log.offset",
+                                 kinds(config.releases_dir / "index.json"))
+            Elector(config.data_dir / "download-log.lock", reader.follow, name="download-log").start()
 
     @staticmethod
     def _child_exit(server, worker) -> None:

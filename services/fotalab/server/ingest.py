@@ -190,8 +190,9 @@ class Ingester:
 class Elector(threading.Thread):
     """Takes the ingest lock when it is free and then runs `work` in this process, for good."""
 
-    def __init__(self, lock_path: Path, work: Callable[[], None], *, retry_s: float = 1.0) -> None:
-        super().__init__(name="ingest-elector", daemon=True)
+    def __init__(self, lock_path: Path, work: Callable[[], None], *, retry_s: float = 1.0,
+                 name: str = "ingest") -> None:
+        super().__init__(name=f"{name}-elector", daemon=True)
         self._lock_path, self._work, self._retry_s = lock_path, work, retry_s
 
     def run(self) -> None:
@@ -202,7 +203,7 @@ class Elector(threading.Thread):
                 break
             except BlockingIOError:
                 time.sleep(self._retry_s)
-        log.info("this worker (pid %d) is the MQTT ingester", os.getpid())
+        log.info("this worker (pid %d) runs the %s", os.getpid(), self.name.removesuffix("-elector"))
         self._work()          # never returns; the lock goes with the process
 
 

@@ -40,10 +40,11 @@ def prepare(config: ServerConfig) -> ServerConfig:
 
 
 def fresh_metrics_dir(config: ServerConfig) -> None:
-    """Empty <data dir>/metrics and point prometheus_client's multiprocess mode at it."""
+    """Empty <data dir>/metrics (the workers' values, where the download log was read to) and
+    point prometheus_client's multiprocess mode at it."""
     directory = config.data_dir / "metrics"
     directory.mkdir(parents=True, exist_ok=True)
-    for stale in directory.glob("*.db"):
+    for stale in directory.iterdir():
         stale.unlink()
     os.environ[METRICS_ENV] = str(directory)
 

@@ -1,0 +1,80 @@
+"""The front door's nginx configuration, rendered from its settings (pure: no I/O).
+
+nginx serves the content-addressed artifacts (`/artifacts/<sha256>`) straight from the release
+store: sendfile, one byte range per request, If-Range, 304 and 412 on its own strong ETag,
+immutable caching. A name that is not a SHA-256, or a file that is not in the store, goes to the
+update server, which answers with its error that says what to do. Everything else (manifests,
+API, DDI, dashboard and its live stream, the seed's /updates/<name>) is proxied to the server,
+with the response buffered here, so a slow device link never holds a gunicorn worker.
+"""
+from __future__ import annotations
+
+from .config import FrontDoorConfig
+
+# one line per artifact download nginx served itself, read by the server (server/downloadlog.py)
+DOWNLOAD_FORMAT = ('{"time":$msec,"method":"$request_method","uri":"$uri","status":$status,'
+                   '"bytes":$body_bytes_sent,"seconds":$request_time}')
+
+TEMPLATE = """\
+# Rendered by fota-frontdoor from its environment (services/fotalab/frontdoor): do not edit.
+worker_processes {workers};
+pid {run}/nginx.pid;
+error_log stderr warn;
+daemon off;
+events {{ worker_connections {connections}; }}
+http {{
+    access_log off;
+    server_tokens off;
+    sendfile on;
+    tcp_nopush on;
+    types {{ }}
+    default_type application/octet-stream;
+    client_body_temp_path {run}/body;
+    proxy_temp_path {run}/proxy;
+    fastcgi_temp_path {run}/fastcgi;
+    uwsgi_temp_path {run}/uwsgi;
+    scgi_temp_path {run}/scgi;
+    log_format fota_download escape=json '{log_format}';
+
+    server {{
+        listen {listen} backlog=2048;
+{resolver}        set $fota_server {upstream};
+
+        location ~ "^/artifacts/([0-9a-f]{{64}})$" {{
+            root {releases};
+            disable_symlinks on;
+            try_files /artifacts/$1 @server;
+            max_ranges 1;
+            add_header Cache-Control "public, max-age=31536000, immutable";
+            access_log {download_log} fota_download buffer=32k flush=1s;
+        }}
+
+        location @server {{
+            proxy_pass http://$fota_server;
+        }}
+
+        location / {{
+            proxy_pass http://$fota_server;
+        }}
+
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_set_header Host $http_host;
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        proxy_set_header X-Forwarded-Proto $scheme;
+        # the dashboard's live stream (the server says X-Accel-Buffering: no) stays open for minutes
+        proxy_read_timeout 600s;
+        # the server bounds what it accepts itself and says why; nginx must not refuse first
+        client_max_body_size 64m;
+    }}
+}}
+"""
+
+
+def render(config: FrontDoorConfig) -> str:
+    # the upstream is a variable, so nginx resolves its name as the resolver's answer expires
+    # instead of once at start (a server container restarted by a chaos run may get another address)
+    resolver = f"        resolver {config.resolver} valid=5s ipv6=off;\n" if config.resolver else ""
+    return TEMPLATE.format(workers=config.workers or "auto", run=config.run_dir, connections=config.connections,
+                           log_format=DOWNLOAD_FORMAT, upstream=config.upstream, listen=config.listen,
+                           releases=config.releases_dir, download_log=config.download_log, resolver=resolver)
