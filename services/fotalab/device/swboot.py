@@ -5,7 +5,11 @@ The environment block lives on the flash at grub/grubenv (SWUpdate's -B grub rea
 at /boot/grub/grubenv, a link to it). On every power-on or reset:
 
     upgrade_available=1 (the slot is on trial): bootcount += 1; past bootlimit: fall back to the
-        other slot, upgrade_available=0, bootcount=0, ustate=3 (FAILED), which SWUpdate reports
+        other slot, upgrade_available=0, bootcount=0, ustate=3 (FAILED), which SWUpdate reports.
+        A power-on (not a reset by the firmware's doing: the supervisor knows the reset cause, as
+        the lab's own bootloader reads its reset-cause register) gives back the attempt charged
+        to the boot the power cut short and counts a power cut instead (powercuts); past
+        FOTA_POWER_CUT_LIMIT (10) it falls back all the same
     the chosen slot must verify (signature by the release key, secure boot); a slot on trial
         that does not falls back at once; a confirmed one that does not boots the other slot
     ustate=7 left by a cut during an install: the named slot was not switched yet, it boots
@@ -33,6 +37,7 @@ ENV_COPY = "grubenv.bootloader"
 TRUST = "trust.pem"
 SWU_CERT = "swupdate-signer.crt"
 TRAILER = 10                          # key id (8) + signature length (2), formats.image's trailer
+POWER_CUTS = "powercuts"              # the bootloader's own variable: trial boots cut short by power loss
 
 
 def slot_path(flash: Path, slot: str) -> Path:
@@ -69,18 +74,23 @@ class GrubEnv:
         except (OSError, GrubEnvError):
             return None
 
-    def read_or_restore(self) -> tuple[dict[str, str], str]:
+    def peek(self) -> tuple[dict[str, str], str]:
+        """The environment the next boot starts from (grubenv, else the bootloader's copy, else
+        GRUB's default entry), and a note when it is not grubenv; writes nothing."""
         env = self.read()
         if env is not None:
             return env, ""
         try:
-            env = parse_grubenv((self.dir / ENV_COPY).read_bytes())
+            return (parse_grubenv((self.dir / ENV_COPY).read_bytes()),
+                    "grubenv unreadable (torn by a cut?): restored the bootloader's copy")
         except (OSError, GrubEnvError):
-            env = {EnvKey.SLOT: SLOTS[0], EnvKey.USTATE: UState.OK}
-            note = "grubenv unreadable and no copy: booting the default entry (slot a), as GRUB would"
-        else:
-            note = "grubenv unreadable (torn by a cut?): restored the bootloader's copy"
-        self.write(env)
+            return ({EnvKey.SLOT: SLOTS[0], EnvKey.USTATE: UState.OK},
+                    "grubenv unreadable and no copy: booting the default entry (slot a), as GRUB would")
+
+    def read_or_restore(self) -> tuple[dict[str, str], str]:
+        env, note = self.peek()
+        if note:
+            self.write(env)
         return env, note
 
     def write(self, env: dict[str, str]) -> None:
@@ -117,8 +127,9 @@ class BootDecision:
     message: str
 
 
-def decide(env: dict[str, str], check, limit: int) -> BootDecision:
-    """One boot's decision from the environment (pure but for `check(slot) -> SlotImage`)."""
+def decide(env: dict[str, str], check, limit: int, power_on: bool = False, power_cut_limit: int = 10) -> BootDecision:
+    """One boot's decision from the environment (pure but for `check(slot) -> SlotImage`);
+    `power_on`: this boot follows a power cut, not a reset by the firmware's doing."""
     env = dict(env)
     slot = env.get(EnvKey.SLOT, SLOTS[0])
     slot = slot if slot in SLOTS else SLOTS[0]
@@ -130,14 +141,23 @@ def decide(env: dict[str, str], check, limit: int) -> BootDecision:
         slot = other_slot(slot)
         env.update({EnvKey.SLOT: slot, EnvKey.UPGRADE_AVAILABLE: "0", EnvKey.BOOTCOUNT: "0",
                     EnvKey.USTATE: UState.FAILED})
+        env.pop(POWER_CUTS, None)
 
     if env.get(EnvKey.UPGRADE_AVAILABLE) == "1":
-        count = int(env.get(EnvKey.BOOTCOUNT, "0") or 0) + 1
+        count = int(env.get(EnvKey.BOOTCOUNT, "0") or 0)
+        cuts = int(env.get(POWER_CUTS, "0") or 0)
+        if power_on and count > 0:          # the last trial boot was cut short: not the firmware's failure
+            count, cuts = count - 1, cuts + 1
+            env[POWER_CUTS] = str(cuts)
+        count += 1
         if count > limit:
             fall_back(f"failed {limit} trial boots")
+        elif cuts >= power_cut_limit:
+            fall_back(f"had {cuts} trial boots cut by power loss")
         else:
             env[EnvKey.BOOTCOUNT] = str(count)
-            notes.append(f"slot {slot} on trial, boot {count} of {limit}")
+            cut = f" ({cuts} cut by power loss)" if cuts else ""
+            notes.append(f"slot {slot} on trial, boot {count} of {limit}{cut}")
     checked = check(slot)
     if checked.error and env.get(EnvKey.UPGRADE_AVAILABLE) == "1":
         fall_back(f"does not verify ({checked.error})")
@@ -180,5 +200,7 @@ def confirm(flash: Path) -> str:
     if current.get(EnvKey.UPGRADE_AVAILABLE) != "1":
         return ""
     ustate = UState.TESTING if current.get(EnvKey.USTATE) == UState.INSTALLED else current.get(EnvKey.USTATE, "")
-    env.write({**current, EnvKey.UPGRADE_AVAILABLE: "0", EnvKey.BOOTCOUNT: "0", EnvKey.USTATE: ustate})
+    confirmed = {**current, EnvKey.UPGRADE_AVAILABLE: "0", EnvKey.BOOTCOUNT: "0", EnvKey.USTATE: ustate}
+    confirmed.pop(POWER_CUTS, None)
+    env.write(confirmed)
     return f"trial passed: slot {current.get(EnvKey.SLOT)} confirmed, ustate={ustate}"

@@ -30,7 +30,7 @@ from pathlib import Path
 from ..envconfig import ConfigError, Env
 from ..formats.image import Behaviour
 from ..formats.signing import Verifier
-from ..formats.swu import GRUBENV_PATH, HARDWARE_REVISION, SELECTION, SLOTS, EnvKey, other_slot
+from ..formats.swu import GRUBENV_PATH, HARDWARE_REVISION, SELECTION, SLOTS, EnvKey, UState, other_slot
 from ..protocol import ResetReason
 from . import swboot
 
@@ -53,6 +53,7 @@ class SwDeviceConfig:
     ddi_retries: int = 5                       # suricatta -r: resume an interrupted download this often
     ddi_retry_wait_s: int = 2                  # suricatta -w
     boot_limit: int = 3
+    power_cut_limit: int = 10                  # trial boots cut by power loss before it falls back all the same
     trial_soak_s: float = 2.0
     reset_delay_s: float = 1.0
     swupdate: str = "swupdate"
@@ -83,6 +84,7 @@ class SwDeviceConfig:
             ddi_retries=env.integer("FOTA_DDI_RETRIES", d.ddi_retries, minimum=0),
             ddi_retry_wait_s=env.integer("FOTA_DDI_RETRY_WAIT_S", d.ddi_retry_wait_s, minimum=0),
             boot_limit=env.integer("FOTA_BOOT_LIMIT", d.boot_limit, minimum=1),
+            power_cut_limit=env.integer("FOTA_POWER_CUT_LIMIT", d.power_cut_limit, minimum=1),
             trial_soak_s=env.number("FOTA_TRIAL_SOAK_S", d.trial_soak_s, minimum=0),
             reset_delay_s=env.number("FOTA_RESET_DELAY_S", d.reset_delay_s, minimum=0),
             swupdate=env.text("FOTA_SWUPDATE", d.swupdate),
@@ -131,7 +133,9 @@ def verifier(config: SwDeviceConfig) -> Verifier:
 
 
 # ---------------------------------------------------------------- supervisor: power, reset, bootloader
-def bootloader(config: SwDeviceConfig) -> swboot.BootDecision:
+def bootloader(config: SwDeviceConfig, power_on: bool = False) -> swboot.BootDecision:
+    """The boot after a reset; `power_on`: the power came back (the reset cause the supervisor
+    knows), so a trial boot it cut short is not charged to the firmware."""
     env = swboot.GrubEnv(config.flash_dir)
     if swboot.provision(config.flash_dir, config.factory_dir / f"{config.hardware}.img",
                         config.factory_dir / "trust.pem", config.factory_dir / swboot.SWU_CERT, config.boot_limit):
@@ -141,7 +145,7 @@ def bootloader(config: SwDeviceConfig) -> swboot.BootDecision:
         log.warning("bootloader: %s", note)
     keys = verifier(config)
     decision = swboot.decide(current, lambda slot: swboot.check_slot(config.flash_dir, slot, keys),
-                             config.boot_limit)
+                             config.boot_limit, power_on=power_on, power_cut_limit=config.power_cut_limit)
     if decision.env != current:
         env.write(decision.env)
     return decision
@@ -150,6 +154,7 @@ def bootloader(config: SwDeviceConfig) -> swboot.BootDecision:
 def supervise(config: SwDeviceConfig) -> int:
     fs = mount_flash(config)
     link_grubenv(config)
+    config.running_file.unlink(missing_ok=True)       # RAM does not survive a power cut (a container's /tmp does)
     child: subprocess.Popen | None = None
     reboot = {"asked": False}
 
@@ -160,7 +165,7 @@ def supervise(config: SwDeviceConfig) -> int:
     signal.signal(signal.SIGUSR1, on_reboot)
     reason: str = ResetReason.POWER_ON
     while True:
-        decision = bootloader(config)
+        decision = bootloader(config, power_on=reason == ResetReason.POWER_ON)
         log.info("bootloader (%s): %s", reason, decision.message)
         if decision.slot is None:
             log.critical("device halted: %s", decision.message)
@@ -240,16 +245,30 @@ def reboot(config: SwDeviceConfig) -> int:
 
 
 def inspect(config: SwDeviceConfig) -> dict:
-    env = swboot.GrubEnv(config.flash_dir).read()
+    """The flash as the bootloader reads it: the environment, both slots verified, what the next
+    power-on would boot (`bootable`: some slot would; `next_boot` says which and why), and the
+    firmware running now."""
+    grub = swboot.GrubEnv(config.flash_dir)
+    env = grub.read()
     keys = verifier(config) if (config.flash_dir / swboot.TRUST).exists() else None
-    slots = {}
+    slots, checked = {}, {}
     for slot in SLOTS:
-        checked = swboot.check_slot(config.flash_dir, slot, keys) if keys else None
-        slots[slot] = {"version": checked.header.version if checked and checked.header else None,
-                       "error": checked.error if checked else "not provisioned"}
+        checked[slot] = swboot.check_slot(config.flash_dir, slot, keys) if keys else swboot.SlotImage(
+            None, "not provisioned")
+        slots[slot] = {"version": checked[slot].header.version if checked[slot].header else None,
+                       "error": checked[slot].error}
     running = json.loads(config.running_file.read_text()) if config.running_file.exists() else None
+    start, note = grub.peek()
+    decision = swboot.decide(start, checked.__getitem__, config.boot_limit, power_on=True,
+                             power_cut_limit=config.power_cut_limit)
+    named = start.get(EnvKey.SLOT, SLOTS[0])
     return {"device": config.device_id, "env": env, "slots": slots, "running": running,
-            "booted_slot": env.get(EnvKey.SLOT) if env else None}
+            "booted_slot": env.get(EnvKey.SLOT) if env else None,
+            "bootable": decision.slot is not None,
+            "next_boot": "; ".join(filter(None, [note, decision.message])),
+            "boot": {"slot": named, "version": slots.get(named, {}).get("version"),
+                     "trial": start.get(EnvKey.UPGRADE_AVAILABLE) == "1",
+                     "ustate": start.get(EnvKey.USTATE, UState.OK)}}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,15 @@ fleet to settle and checks every device from its own flash (`fota-device inspect
 bricked, on the target version with no update pending, security counter equal to the
 committed image's, no committed version lost, and the server's registry and history agreeing
 with the flash. It only observes and checks, so kills from
-another tool at the same time are fine. It writes a JSON report and ends with
+another tool at the same time are fine.
+
+SWUpdate devices (swupdate-N, `scripts/fleet N --swupdate M`) are campaigned alike, with what
+they offer instead of MQTT (lab/swfleet.py): their state from the server's registry, the API's
+trigger as their hint, their phase at a cut and their verdict from their flash (GRUB environment
+and slots: bricked when no slot would boot, converged when the slot it boots holds the target,
+confirmed, and the server recorded that commit). They get no reset waves: the server cannot
+tell that a DDI client's flash went back to factory. `--devices swupdate` cuts only them;
+`--aim` cuts a device only while it is in the middle of an update. It writes a JSON report and ends with
 
     chaos: <K> kills on <N> devices: <B> bricked, <C>/<N> converged, recovery p99 <s> s
 """
@@ -41,6 +49,7 @@ from . import swarmlab
 from .composelab import ComposeLab
 from .fleetwatch import FleetWatcher
 from .provision import SERVER
+from .swfleet import SwFleet, is_swdevice
 
 PHASES = {State.CHECKING: "checking", State.DOWNLOADING: "downloading", State.INSTALLING: "patching",
           State.REBOOTING: "trial boot", State.TRIAL: "trial boot", State.CONFIRMING: "confirming"}
@@ -76,11 +85,15 @@ def p99(values: list[float]) -> float:
 class Campaign:
     def __init__(self, lab: Lab, watcher: FleetWatcher, *, server_url: str, target: str, kills: int,
                  seed: int, off_s: tuple[float, float], gap_s: tuple[float, float], reset_waves: bool,
-                 infra_share: float = 0.0) -> None:
+                 infra_share: float = 0.0, which: str = "all", aim: bool = False, sw: SwFleet | None = None,
+                 devices: list[str] | None = None) -> None:
         self.lab, self.watcher, self.server_url, self.target, self.quota = lab, watcher, server_url, target, kills
         self.rng = random.Random(seed)
         self.off_s, self.gap_s, self.reset_waves, self.infra_share = off_s, gap_s, reset_waves, infra_share
-        self.devices = lab.device_containers()
+        self.devices = devices if devices is not None else lab.device_containers()
+        self.aim, self.sw = aim, sw
+        # the devices whose power it cuts (all of them are judged)
+        self.targets = [d for d in self.devices if which == "all" or (which == "swupdate") == is_swdevice(d)]
         self.kills: list[Kill] = []
         self.off: set[str] = set()
         self.highest_committed: dict[str, str] = {}
@@ -91,9 +104,13 @@ class Campaign:
 
     # -- observing
     def state(self, device: str) -> dict:
+        if self.sw and is_swdevice(device):
+            return self.sw.states.get(device, {})
         return self.watcher.states.get(device, {})
 
     def converged(self, device: str) -> bool:
+        if self.sw and is_swdevice(device):
+            return self.sw.converged(device, self.target)
         state = self.state(device)
         return state.get("version") == self.target and bool(state.get("confirmed")) and \
             state.get("state") in SUCCESS_STATES and \
@@ -109,17 +126,38 @@ class Campaign:
 
     # -- acting
     def hint(self, devices: list[str] | None = None) -> None:
+        if self.sw:
+            self.sw.hint([d for d in (self.devices if devices is None else devices) if is_swdevice(d)])
+            if devices is not None:
+                devices = [d for d in devices if not is_swdevice(d)]
+                if not devices:
+                    return
         try:
             self.watcher.command(devices, {"cmd": Command.UPDATE})
         except (RuntimeError, ValueError):      # the broker is down this moment: the next hint will do
             pass
+
+    def in_update(self, device: str) -> bool:
+        """In the middle of an update (what --aim waits for)."""
+        if self.sw and is_swdevice(device):
+            return self.sw.in_update(device)
+        return self.state(device).get("state", "") in PHASES
+
+    def boot_times(self, device: str) -> list[float]:
+        """When the device booted: its `booted` events, or an SWUpdate device's firmware starting."""
+        if self.sw and is_swdevice(device):
+            return list(self.sw.boots.get(device, []))
+        return [e["ts"] for e in self.watcher.events.get(device, []) if e.get("event") == Event.BOOTED]
 
     def hint_all(self) -> None:
         self.hint(None)
 
     def power_cycle(self, device: str) -> None:
         """Kill a service and start it again after a random time (devices: a power cut)."""
-        phase = PHASES.get(self.state(device).get("state", ""), "idle") if device in self.devices else device
+        if self.sw and is_swdevice(device):
+            phase = self.sw.phase(device)
+        else:
+            phase = PHASES.get(self.state(device).get("state", ""), "idle") if device in self.devices else device
         off = self.rng.uniform(*self.off_s)
         kill = Kill(device, phase, time.time(), round(off, 2))
         try:
@@ -135,6 +173,8 @@ class Campaign:
             started = self.lab.start(device)    # a Swarm stack: Swarm powered it on, at this time
             if isinstance(started, float):
                 kill.started_at = started
+            if self.sw and is_swdevice(device):
+                self.sw.watch_boot(device, kill.started_at)
             with self._lock:
                 self.off.discard(device)
         threading.Timer(off, power_on).start()
@@ -151,19 +191,32 @@ class Campaign:
         """The kills; then, once `beside` (if any) is done too, the settling and the verdict."""
         self.hint_all()
         next_hint = time.monotonic() + 10
+        aimless_since = None
         while len(self.kills) < self.quota or (beside and beside.is_alive()):
             time.sleep(self.rng.uniform(*self.gap_s))
             if len(self.kills) >= self.quota:     # our kills are done; what runs beside is not
                 candidates, infra = [], []
             else:
                 with self._lock:
-                    candidates = [d for d in self.devices if d not in self.off]
+                    candidates = [d for d in self.targets if d not in self.off]
+                if self.aim:
+                    candidates = [d for d in candidates if self.in_update(d) or
+                                  (self.reset_waves and not is_swdevice(d) and self.converged(d))]
                 infra = [s for s in ("server", "mosquitto") if s not in self.off]
             if infra and self.rng.random() < self.infra_share:
                 self.power_cycle(self.rng.choice(infra))
+            elif self.aim and not candidates and len(self.kills) < self.quota:
+                # nothing mid-update: wait for one, unless every target converged a while ago
+                settled = not self.off and all(self.converged(d) for d in self.targets)
+                aimless_since = (aimless_since or time.monotonic()) if settled else None
+                if aimless_since and time.monotonic() - aimless_since > 60:
+                    self.notes.append(f"--aim: every target converged and stayed so for 60 s after "
+                                      f"{len(self.kills)} of {self.quota} kills; stopped there")
+                    break
             elif candidates:
+                aimless_since = None
                 device = self.rng.choice(candidates)
-                if self.reset_waves and self.converged(device):
+                if self.reset_waves and self.converged(device) and not is_swdevice(device):
                     self.reset(device)
                 else:
                     self.power_cycle(device)
@@ -191,8 +244,7 @@ class Campaign:
         waiting = []
         for device in self.devices:
             last = max((k for k in self.kills if k.device == device), key=lambda k: k.at, default=None)
-            if last and not any(e.get("event") == Event.BOOTED and e["ts"] >= (last.started_at or last.at)
-                                for e in self.watcher.events.get(device, [])):
+            if last and not any(ts >= (last.started_at or last.at) for ts in self.boot_times(device)):
                 waiting.append(device)
         return waiting
 
@@ -201,8 +253,7 @@ class Campaign:
         for kill in self.kills:
             if kill.device not in self.devices:
                 continue
-            boots = [e["ts"] for e in self.watcher.events.get(kill.device, [])
-                     if e.get("event") == Event.BOOTED and kill.started_at and e["ts"] >= kill.started_at]
+            boots = [ts for ts in self.boot_times(kill.device) if kill.started_at and ts >= kill.started_at]
             next_cut = min((k.at for k in self.kills if k.device == kill.device and k.at > kill.at), default=math.inf)
             if boots and min(boots) < next_cut:
                 kill.recovery_s = round(min(boots) - kill.started_at, 2)
@@ -210,6 +261,12 @@ class Campaign:
                 kill.interrupted = next_cut < math.inf
 
     def check(self, device: str) -> Verdict:
+        if self.sw and is_swdevice(device):
+            try:
+                bricked, converged, problems, flash = self.sw.check(device, self.target)
+            except (subprocess.SubprocessError, LookupError, ValueError) as exc:
+                return Verdict(device, bricked=False, converged=False, problems=[f"inspect failed: {exc}"])
+            return Verdict(device, bricked=bricked, converged=converged, problems=problems, flash=flash)
         try:
             flash = self.lab.inspect_device(device)
         except subprocess.CalledProcessError as exc:
@@ -305,6 +362,12 @@ def parser(prog: str = "chaos", doc: str | None = __doc__) -> argparse.ArgumentP
     parser.add_argument("--reset-waves", action="store_true",
                         help="a converged device picked for a kill is reset to its factory flash instead and "
                              "updated again, so a long campaign keeps hitting every phase")
+    parser.add_argument("--devices", choices=("all", "lab", "swupdate"), default="all",
+                        help="whose power it cuts: every device, the lab's own (device-N) or the SWUpdate "
+                             "devices (swupdate-N); every device is judged all the same")
+    parser.add_argument("--aim", action="store_true",
+                        help="cut a device only while it is in the middle of an update (checking, downloading, "
+                             "installing, trial boot); stops early once every target converged and stayed so 60 s")
     parser.add_argument("--settle", type=float, default=180, help="seconds the fleet may take to settle")
     parser.add_argument("--mqtt-port", type=int, default=None,
                         help="the broker's port on this machine (default: $MQTT_PORT, else 1883; "
@@ -343,15 +406,31 @@ def execute(lab: Lab, args: argparse.Namespace, server_url: str, mqtt_host: str,
     except (subprocess.CalledProcessError, LookupError):
         password = ""
     started = time.time()
+    devices = lab.device_containers()
+    sw_devices = [d for d in devices if is_swdevice(d)]
+    token = ""
+    if sw_devices:
+        try:
+            token = lab.read_file("server", "/var/lib/fotalab/api-token")
+        except (subprocess.CalledProcessError, LookupError):
+            print("chaos: cannot read the server's API token: SWUpdate devices will not be hinted", file=sys.stderr)
+    sw = SwFleet(lab, sw_devices, server_url, token) if sw_devices else None     # type: ignore[arg-type]
     with FleetWatcher(mqtt_host, mqtt_port, username=SERVER, password=password) as watcher:
+        if sw:
+            sw.__enter__()
         time.sleep(1.0)     # retained states arrive
         campaign = Campaign(lab, watcher, server_url=server_url, target=args.target, kills=args.kills,
                             seed=args.seed, off_s=tuple(args.off), gap_s=tuple(args.gap), reset_waves=args.reset_waves,
-                            infra_share=args.infra)
+                            infra_share=args.infra, which=getattr(args, "devices", "all"),
+                            aim=getattr(args, "aim", False), sw=sw, devices=devices)
         beside = threading.Thread(target=during, args=(campaign,), daemon=True) if during else None
         if beside:
             beside.start()
-        verdicts = campaign.run(args.settle, beside)
+        try:
+            verdicts = campaign.run(args.settle, beside)
+        finally:
+            if sw:
+                sw.__exit__(None, None, None)
     device_kills = [k for k in campaign.kills if k.device in campaign.devices]
     recoveries = [k.recovery_s for k in device_kills if k.recovery_s is not None]
     outcome = Outcome(campaign, verdicts, bricked=sum(v.bricked for v in verdicts),
@@ -364,16 +443,31 @@ def execute(lab: Lab, args: argparse.Namespace, server_url: str, mqtt_host: str,
         "seed": args.seed, "target": args.target, "duration_s": round(time.time() - started, 1),
         "resets": campaign.resets, "kills_by_phase": phases,
         "kills": [asdict(k) for k in campaign.kills], "notes": campaign.notes,
-        "devices": [{**asdict(v), "flash": {k: v.flash.get(k) for k in ("running", "boot", "journal")}}
+        "devices": [{**asdict(v), "flash": {k: v.flash.get(k) for k in ("running", "boot", "journal", "env")}}
                     for v in verdicts]}, indent=1))
     print(f"{'device':<12}{'kills':>6}  {'version':<9}{'verdict'}")
     for verdict in verdicts:
         count = sum(k.device == verdict.device for k in campaign.kills)
         version = (verdict.flash.get("running") or {}).get("version", "?")
+        if is_swdevice(verdict.device):           # what its bootloader boots
+            version = (verdict.flash.get("boot") or {}).get("version") or "?"
         print(f"{verdict.device:<12}{count:>6}  {version:<9}{'; '.join(verdict.problems) or 'ok'}")
     print(f"kills by phase: {phases}; resets to factory: {campaign.resets}; cut again before booting: "
           f"{sum(k.interrupted for k in device_kills)}; never recovered: {len(outcome.unrecovered)}; "
           f"recovery p99 {p99(recoveries):.1f} s; report: {args.report}")
+    for note in campaign.notes:
+        print(f"note: {note}")
+    sw_verdicts = [v for v in verdicts if is_swdevice(v.device)]
+    if sw_verdicts:
+        sw_kills = [k for k in device_kills if is_swdevice(k.device)]
+        sw_phases: dict[str, int] = {}
+        for kill in sw_kills:
+            sw_phases[kill.phase] = sw_phases.get(kill.phase, 0) + 1
+        sw_recoveries = [k.recovery_s for k in sw_kills if k.recovery_s is not None]
+        print(f"swupdate: {len(sw_kills)} kills on {len(sw_verdicts)} SWUpdate devices {sw_phases}: "
+              f"{sum(v.bricked for v in sw_verdicts)} bricked, "
+              f"{sum(v.converged and not v.problems for v in sw_verdicts)}/{len(sw_verdicts)} converged, "
+              f"recovery p99 {p99(sw_recoveries):.1f} s")
     return outcome
 
 

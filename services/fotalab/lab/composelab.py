@@ -8,6 +8,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .swfleet import is_swdevice
+
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 
@@ -52,11 +54,12 @@ class ComposeLab:
 
     def device_containers(self) -> list[str]:
         """The device services that have a container, found by compose labels alone (works for a
-        lab started by anyone, from any directory)."""
+        lab started by anyone, from any directory): device-N, then the SWUpdate devices swupdate-N."""
         listed = subprocess.run(["docker", "ps", "-a", "--filter", f"label={PROJECT_LABEL}={self.project}",
                                  "--format", f'{{{{.Label "{SERVICE_LABEL}"}}}}'],
                                 check=True, capture_output=True, text=True).stdout.split()
-        return sorted({s for s in listed if s.startswith("device-")}, key=lambda s: int(s.rsplit("-", 1)[1]))
+        found = {s for s in listed if (s.startswith("device-") and s[len("device-"):].isdigit()) or is_swdevice(s)}
+        return sorted(found, key=lambda s: (is_swdevice(s), int(s.rsplit("-", 1)[1])))
 
     def running(self, service: str) -> bool:
         done = subprocess.run(["docker", "inspect", "-f", "{{.State.Running}}", self.container(service)],
@@ -68,7 +71,8 @@ class ComposeLab:
         container = self.container(service)
         info = json.loads(subprocess.run(["docker", "inspect", container], check=True, capture_output=True,
                                          text=True).stdout)[0]
-        volume = next(m["Name"] for m in info["Mounts"] if m["Destination"] == "/data")
+        flash = "/flash" if is_swdevice(service) else "/data"      # an SWUpdate device's volume is under lazyfs
+        volume = next(m["Name"] for m in info["Mounts"] if m["Destination"] == flash)
         subprocess.run(["docker", "kill", container], capture_output=True)
         subprocess.run(["docker", "run", "--rm", "-v", f"{volume}:/data", info["Config"]["Image"],
                         "find", "/data", "-mindepth", "1", "-delete"], check=True, capture_output=True)
@@ -87,10 +91,21 @@ class ComposeLab:
         subprocess.run(["docker", "start", self.container(service)], check=True, capture_output=True)
 
     def inspect_device(self, service: str) -> dict:
-        """The device's flash as its own bootloader reads it (works while it runs)."""
-        done = subprocess.run(["docker", "exec", self.container(service), "fota-device", "inspect"],
-                              check=True, capture_output=True, text=True)
+        """The device's flash as its own bootloader reads it (works while it runs): `fota-device
+        inspect`, or for an SWUpdate device `fota-swdevice inspect` (GRUB environment and slots)."""
+        command = "fota-swdevice" if is_swdevice(service) else "fota-device"
+        done = subprocess.run(["docker", "exec", self.container(service), command, "inspect"],
+                              check=True, capture_output=True, text=True, timeout=60)
         return json.loads(done.stdout)
+
+    def exec_text(self, service: str, *command: str, timeout: float = 10) -> str | None:
+        """What a command run in the device's container prints (None: it failed, or the device is off)."""
+        try:
+            done = subprocess.run(["docker", "exec", self.container(service), *command], capture_output=True,
+                                  text=True, timeout=timeout)
+        except (subprocess.SubprocessError, LookupError):
+            return None
+        return done.stdout if done.returncode == 0 else None
 
     def logs(self) -> str:
         return self.compose("logs", "--no-color", "--tail", "200").stdout

@@ -1,4 +1,5 @@
-"""SWUpdate devices of the compose lab (`scripts/fleet N --swupdate M`, docs/swupdate.md).
+"""SWUpdate devices of the compose lab (`scripts/fleet N --swupdate M`, docs/swupdate.md): their
+enrolment, and what a chaos campaign (lab/chaos.py) needs to cut their power and judge them.
 
     python -m fotalab.lab.swfleet enrol --tokens DIR swupdate-1 swupdate-2 ...
 
@@ -14,11 +15,18 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
+
+import requests
 
 from ..cli import Api, CliConfig, CliError
 from ..envconfig import ConfigError
+from ..formats.swu import EnvKey, GrubEnvError, UState, parse_grubenv
+from ..protocol import Event, State
 
 PREFIX = "swupdate-"
 
@@ -56,6 +64,145 @@ def enrol(api: Api, names: list[str], tokens: Path, hardware: str | None = None)
         write_token(path, made["credentials"]["target_token"])
         done.append(f"{name}: enrolled (hardware {made['hardware']}), TargetToken written to {path}")
     return done
+
+
+class SwLab(Protocol):
+    """What the campaign's helpers need from the lab (composelab.ComposeLab)."""
+    def exec_text(self, service: str, *command: str, timeout: float = 10) -> str | None: ...
+    def inspect_device(self, name: str) -> dict: ...
+
+
+# the registry's state of a DDI controller (server/ddi_feedback.py) as a phase of its update
+UPDATE_PHASES = {State.CHECKING: "downloading", State.DOWNLOADING: "downloading", State.INSTALLING: "installing"}
+
+
+@dataclass
+class SwFleet:
+    """The SWUpdate devices of a campaign. They speak DDI, not MQTT: their state comes from the
+    server's registry (their feedback), their update hint is the API's trigger, their boots are
+    seen in the container (the firmware's running file, fresh after a power-on), their phase at a
+    cut and their verdict are read from their flash (GRUB environment and slots)."""
+    lab: SwLab
+    devices: list[str]
+    server_url: str
+    api_token: str
+    poll_s: float = 1.0
+    states: dict[str, dict] = field(default_factory=dict)
+    boots: dict[str, list[float]] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.boots = {d: [] for d in self.devices}
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def __enter__(self) -> SwFleet:
+        self.refresh()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+
+    def refresh(self) -> None:
+        try:
+            found = requests.get(f"{self.server_url}/api/v1/devices", timeout=5).json()["devices"]
+        except (requests.RequestException, ValueError, KeyError):
+            return                              # the server restarts this moment: keep the last view
+        self.states.update({d["device_id"]: d for d in found if d["device_id"] in self.devices})
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            self.refresh()
+
+    # -- observing
+    def converged(self, device: str, target: str) -> bool:
+        record = self.states.get(device, {})
+        return record.get("state") == State.COMMITTED and record.get("version") == target
+
+    def in_update(self, device: str) -> bool:
+        return self.states.get(device, {}).get("state") in UPDATE_PHASES
+
+    def phase(self, device: str) -> str:
+        """The phase the device is in now, from its flash (as swupdate and the bootloader see it,
+        through lazyfs) and its last feedback: first boot, installing, downloading, or idle."""
+        text = self.lab.exec_text(device, "cat", "/data/grub/grubenv", timeout=5)
+        try:
+            env = parse_grubenv(text.encode()) if text else {}
+        except GrubEnvError:
+            env = {}
+        if env.get(EnvKey.UPGRADE_AVAILABLE) == "1":
+            return "first boot"
+        registry = UPDATE_PHASES.get(self.states.get(device, {}).get("state", ""))
+        if env.get(EnvKey.USTATE) == UState.IN_PROGRESS:
+            return registry or "installing"
+        return registry or "idle"
+
+    def watch_boot(self, device: str, powered_on: float, timeout: float = 90) -> None:
+        """Record the device's next boot after a power-on: its firmware writes the running file."""
+        path = f"/tmp/fota-swdevice-{device}.running"
+
+        def watch() -> None:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and not self._stop.is_set():
+                text = self.lab.exec_text(device, "date", "-r", path, "+%s.%N", timeout=5)
+                try:
+                    booted = float(text) if text else 0.0
+                except ValueError:
+                    booted = 0.0
+                if booted >= powered_on - 0.01:
+                    self.boots[device].append(booted)
+                    return
+                time.sleep(0.5)
+        threading.Thread(target=watch, daemon=True).start()
+
+    # -- acting
+    def hint(self, devices: list[str]) -> None:
+        """The update hint of a DDI controller: its next poll may be offered the release."""
+        for device in devices:
+            try:
+                requests.post(f"{self.server_url}/api/v1/devices/{device}/trigger", timeout=5,
+                              headers={"Authorization": f"Bearer {self.api_token}"})
+            except requests.RequestException:
+                pass                            # the server restarts this moment: the next hint will do
+
+    # -- the verdict
+    def check(self, device: str, target: str) -> tuple[bool, bool, list[str], dict]:
+        """(bricked, converged, problems, flash) from the device's flash and the server's record."""
+        flash = self.lab.inspect_device(device)
+        if not flash.get("bootable"):
+            return True, False, [f"bricked: {flash.get('next_boot')}"], flash
+        boot, problems = flash["boot"], []
+        converged = boot["version"] == target and not boot["trial"] and \
+            boot["ustate"] in (UState.OK, UState.TESTING)
+        if not converged:
+            problems.append(f"not converged: boots slot {boot['slot']} with {boot['version']} "
+                            f"({'on trial' if boot['trial'] else 'confirmed'}), ustate={boot['ustate']}")
+        if flash.get("running") and flash["running"].get("version") != boot["version"]:
+            problems.append(f"runs {flash['running'].get('version')}, the environment names {boot['version']}")
+        problems += self.server_disagreements(device, boot["version"])
+        return False, converged, problems, flash
+
+    def server_disagreements(self, device: str, version: str | None) -> list[str]:
+        """The server must have recorded the commit of what the flash boots, and nothing after it."""
+        deadline, problems = time.monotonic() + 30, ["server not reachable"]
+        while problems and time.monotonic() < deadline:
+            try:
+                record = requests.get(f"{self.server_url}/api/v1/devices/{device}", timeout=5).json()
+                history = requests.get(f"{self.server_url}/api/v1/devices/{device}/history",
+                                       params={"limit": 1000}, timeout=5).json()["events"]
+            except (requests.RequestException, ValueError, KeyError):
+                time.sleep(1)
+                continue
+            problems = []
+            if (record.get("state"), record.get("version")) != (State.COMMITTED, version):
+                problems.append(f"server records {record.get('version')} ({record.get('state')}), "
+                                f"the flash boots {version}")
+            commits = [e["payload"].get("version") for e in history if e["event"] == Event.COMMITTED]
+            if commits and commits[-1] != version:
+                problems.append(f"server history's last commit is {commits[-1]}, the flash boots {version}")
+            if problems:
+                time.sleep(1)                   # swupdate reports at its next poll after the boot
+        return problems
 
 
 def main(argv: list[str] | None = None) -> int:
