@@ -45,6 +45,10 @@ http {{
             disable_symlinks on;
             try_files /artifacts/$1 @server;
             max_ranges 1;
+            # artifacts are immutable (named by their hash): keep their descriptors and checks open
+            open_file_cache max=1024 inactive=60s;
+            open_file_cache_valid 10s;
+            open_file_cache_errors off;
             add_header Cache-Control "public, max-age=31536000, immutable";
             access_log {download_log} fota_download buffer=32k flush=1s;
         }}
