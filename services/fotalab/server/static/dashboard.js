@@ -138,8 +138,9 @@ async function fetchPage() {
   if (state.fetchingPage) return;
   state.fetchingPage = true;
   try {
-    const data = await api("GET", `/api/v1/dashboard/devices?${viewQuery()}`);
-    applyPage(data.page, data.devices, data.counts);
+    const asked = viewQuery();
+    const data = await api("GET", `/api/v1/dashboard/devices?${asked}`);
+    if (asked === viewQuery()) applyPage(data.page, data.devices, data.counts);
   } catch (error) {
     say(error.message, true);
   } finally {
@@ -171,13 +172,14 @@ function connect() {
   });
   source.addEventListener("changes", (message) => applyChanges(JSON.parse(message.data)));
   source.onerror = () => {
+    if (state.source !== source) return;                     // closed for another view since
     if (source.readyState === EventSource.CLOSED) {          // refused (e.g. 503: streams all taken)
       state.source = null;
       startPolling();
     } else if (!fallback) {                                  // reconnecting: normal after a few minutes
       fallback = setTimeout(() => {
         fallback = null;
-        if (source.readyState !== EventSource.OPEN) {
+        if (state.source === source && source.readyState !== EventSource.OPEN) {
           source.close();
           state.source = null;
           startPolling();
@@ -189,9 +191,12 @@ function connect() {
 
 async function poll() {
   try {
-    const response = await fetch(`/api/v1/dashboard?${viewQuery()}`);
+    const asked = viewQuery();
+    const response = await fetch(`/api/v1/dashboard?${asked}`);
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
-    applySnapshot(await response.json());
+    const snapshot = await response.json();
+    if (asked !== viewQuery()) return;                       // the view changed meanwhile: its own poll follows
+    applySnapshot(snapshot);
     if (!state.source) setLive("polling");
   } catch {
     if (!state.source) setLive("offline");
