@@ -68,6 +68,11 @@ def test_the_signer_imports_no_device_or_server_code():
     assert offenders({"signer"}, {"device", "server", "lab"}) == []
 
 
+def test_the_front_door_imports_no_other_room():
+    """It is nginx and its configuration: what it serves is the store's layout, not the server's code."""
+    assert offenders({"frontdoor"}, {"formats", "device", "server", "signer", "lab", "cli"}) == []
+
+
 def test_only_lab_tooling_and_entry_points_import_lab():
     outside = {room(name) for name in GRAPH} - {"lab"}
     found = [line for line in offenders(outside, {"lab"}) if line.split()[0] not in ENTRY_POINTS]
