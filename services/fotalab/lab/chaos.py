@@ -394,7 +394,7 @@ def pick_lab(args: argparse.Namespace) -> tuple[Lab, str, str, int]:
             return lab, url, "127.0.0.1", port
     swarm = swarmlab.SwarmLab(stack)
     port = int(env.get("STACK_MQTT_PORT") or 11883) if args.mqtt_port is None else args.mqtt_port
-    url = args.server_url or f"http://{swarm.endpoint('server', int(env.get('STACK_SERVER_PORT') or 18800))}"
+    url = args.server_url or f"http://{swarm.endpoint('frontdoor', int(env.get('STACK_SERVER_PORT') or 18800))}"
     return swarm, url, swarm.endpoint("mosquitto", port).rsplit(":", 1)[0], port
 
 

@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"stack ready after {time.monotonic() - started:.0f} s")
         lab = SwarmLab(stack.name, swarm.engines, swarm.names, down=swarm.down)
         port = int(os.environ.get("STACK_MQTT_PORT") or 11883) if args.mqtt_port is None else args.mqtt_port
-        server = f"http://{lab.endpoint('server', int(os.environ.get('STACK_SERVER_PORT') or 18800))}"
+        server = f"http://{lab.endpoint('frontdoor', int(os.environ.get('STACK_SERVER_PORT') or 18800))}"
         killer = NodeKiller(swarm, lab, groups, node_targets(random.Random(args.seed), swarm.names, args.node_kills),
                             tuple(args.node_off), random.Random(args.seed + 1))
         lab.device_containers()
