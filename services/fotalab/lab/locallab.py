@@ -86,6 +86,24 @@ def wait_until(check, timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
+def _start_http_service(module: str, env: dict[str, str], log: Path, url: str, what: str,
+                        **tls) -> subprocess.Popen:
+    """`python -m module`, its output in `log`, once its /healthz answers (`tls`: requests' verify/cert)."""
+    with log.open("ab") as out:
+        process = subprocess.Popen([sys.executable, "-m", module], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+
+    def healthy() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}; see {log}")
+        try:
+            return requests.get(f"{url}/healthz", timeout=1, **tls).ok
+        except requests.RequestException:
+            return False
+    wait_until(healthy, 20, what)
+    return process
+
+
 def _stop(process: subprocess.Popen | None) -> None:
     if process and process.poll() is None:
         os.killpg(process.pid, signal.SIGKILL)
@@ -282,18 +300,8 @@ class Server:
             env.update(self.broker.ca.identity(SERVER).env(), FOTA_TLS_CRL=str(self.broker.ca.identity(SERVER).crl),
                        FOTA_MQTT_PORT=str(self.broker.tls_port))
         env.update(self.env)
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen([sys.executable, "-m", "fotalab.server.main"], env=env, stdout=out,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
-
-        def healthy() -> bool:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"update server exited with {self.process.returncode}; see {self.log}")
-            try:
-                return requests.get(f"{self.url}/healthz", timeout=1, **self.client_tls()).ok
-            except requests.RequestException:
-                return False
-        wait_until(healthy, 20, "update server")
+        self.process = _start_http_service("fotalab.server.main", env, self.log, self.url, "update server",
+                                           **self.client_tls())
         return self
 
     def ingester(self, *, not_pid: int = 0) -> int:
@@ -335,18 +343,8 @@ class FrontDoor:
                "FOTA_RELEASES_DIR": str(self.server.releases), "FOTA_DOWNLOAD_LOG": str(self.download_log),
                "FOTA_FRONTDOOR_RUN_DIR": str(self.root / "run"), "FOTA_FRONTDOOR_WORKERS": str(self.workers),
                "FOTA_FRONTDOOR_RESOLVER": ""}
-        with (self.root / "frontdoor.log").open("ab") as out:
-            self.process = subprocess.Popen([sys.executable, "-m", "fotalab.frontdoor.main"], env=env, stdout=out,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
-
-        def healthy() -> bool:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"front door exited with {self.process.returncode}; see {self.root}/frontdoor.log")
-            try:
-                return requests.get(f"{self.url}/healthz", timeout=1).ok
-            except requests.RequestException:
-                return False
-        wait_until(healthy, 20, "front door")
+        self.process = _start_http_service("fotalab.frontdoor.main", env, self.root / "frontdoor.log", self.url,
+                                           "front door")
         return self
 
     def stop(self) -> None:
