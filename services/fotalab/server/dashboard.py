@@ -7,17 +7,16 @@ stream is not available, and the charts from GET /api/v1/dashboard/charts. Actio
 the token-protected API (api.py), with the token the user pastes into the page.
 The fleet comes as counts and one page of the table (fleetview.View in the query string of
 each of these: offset, limit, state, group, online, sort, desc, device), never as the whole
-fleet: at 10,000 devices the whole fleet was 6.7 MB per snapshot and 12 s to draw.
+fleet: at 10,000 devices the whole fleet was 6.7 MB per snapshot and 10 s or more to draw
+(docs/server.md, "Dashboard at 10,000 devices").
 """
 from __future__ import annotations
-
-import time
 
 from flask import Blueprint, Response, current_app, jsonify, request, send_from_directory
 
 from . import charts
 from .errors import InvalidRequest
-from .fleetview import View, counts, page_message, snapshot
+from .fleetview import View, snapshot
 from .live import HANGUP, Stream
 from .services import services
 
@@ -38,15 +37,6 @@ def dashboard_snapshot() -> Response:
     """What the stream sends first, for the view in the query string (fleetview.View): polling."""
     return jsonify(snapshot(services().registry, View.from_args(request.args)))
 
-
-@blueprint.get("/api/v1/dashboard/devices")
-def dashboard_devices() -> Response:
-    """One page of the fleet table and the counts, without rollouts: the page asks for it when
-    a change names rows it does not hold."""
-    view = View.from_args(request.args)
-    rows, total = view.page(services().registry)
-    return jsonify(at=time.time(), counts=counts(services().registry), page=page_message(view, rows, total),
-                   devices=rows)
 
 
 @blueprint.get("/api/v1/dashboard/charts")

@@ -139,7 +139,7 @@ async function fetchPage() {
   state.fetchingPage = true;
   try {
     const asked = viewQuery();
-    const data = await api("GET", `/api/v1/dashboard/devices?${asked}`);
+    const data = await api("GET", `/api/v1/dashboard?${asked}`);
     if (asked === viewQuery()) applyPage(data.page, data.devices, data.counts);
   } catch (error) {
     say(error.message, true);
