@@ -30,7 +30,7 @@ class FakeLab:
 
 def fleet(lab: FakeLab, state: str = "") -> SwFleet:
     sw = SwFleet(lab, ["swupdate-1"], "http://server.invalid", "token")
-    sw.states["swupdate-1"] = {"state": state, "version": "1.0.0"}
+    sw.states["swupdate-1"] = {"state": state, "version": "1.0.0", "state_ts": 1.0}
     return sw
 
 
@@ -50,6 +50,15 @@ def test_the_phase_of_a_cut_comes_from_the_flash_first_then_the_last_feedback():
     assert fleet(lab, State.INSTALLING).phase("swupdate-1") == "first boot"
     lab.env = None                                                         # powered off, or no answer
     assert fleet(lab, "").phase("swupdate-1") == "idle"
+    # powered on after a cut: what the registry said before is stale until the device reports again
+    sw = fleet(lab, State.DOWNLOADING)
+    sw.states["swupdate-1"]["state_ts"] = 100.0
+    sw.powered_on["swupdate-1"] = 101.0
+    assert sw.phase("swupdate-1") == "booting" and not sw.in_update("swupdate-1")
+    sw.boots["swupdate-1"].append(102.0)
+    assert sw.phase("swupdate-1") == "idle"
+    sw.states["swupdate-1"]["state_ts"] = 103.0
+    assert sw.phase("swupdate-1") == "downloading" and sw.in_update("swupdate-1")
 
 
 def inspected(version: str, trial: bool = False, ustate: str = UState.OK, bootable: bool = True) -> dict:

@@ -89,6 +89,7 @@ class SwFleet:
     poll_s: float = 1.0
     states: dict[str, dict] = field(default_factory=dict)
     boots: dict[str, list[float]] = field(default_factory=dict)
+    powered_on: dict[str, float] = field(default_factory=dict)     # each device's last power-on
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
@@ -119,12 +120,20 @@ class SwFleet:
         record = self.states.get(device, {})
         return record.get("state") == State.COMMITTED and record.get("version") == target
 
+    def fresh_state(self, device: str) -> str:
+        """The registry's state of the device, if it reported it since its last power-on ("" if not:
+        after a cut the registry still shows what it said before, while it boots)."""
+        record = self.states.get(device, {})
+        fresh = (record.get("state_ts") or 0) >= self.powered_on.get(device, 0)
+        return record.get("state") or "" if fresh else ""
+
     def in_update(self, device: str) -> bool:
-        return self.states.get(device, {}).get("state") in UPDATE_PHASES
+        return self.fresh_state(device) in UPDATE_PHASES
 
     def phase(self, device: str) -> str:
         """The phase the device is in now, from its flash (as swupdate and the bootloader see it,
-        through lazyfs) and its last feedback: first boot, installing, downloading, or idle."""
+        through lazyfs) and its feedback since its last power-on: first boot, installing, downloading,
+        booting (powered on, nothing reported since), or idle."""
         text = self.lab.exec_text(device, "cat", "/data/grub/grubenv", timeout=5)
         try:
             env = parse_grubenv(text.encode()) if text else {}
@@ -132,14 +141,16 @@ class SwFleet:
             env = {}
         if env.get(EnvKey.UPGRADE_AVAILABLE) == "1":
             return "first boot"
-        registry = UPDATE_PHASES.get(self.states.get(device, {}).get("state", ""))
+        registry = UPDATE_PHASES.get(self.fresh_state(device))
         if env.get(EnvKey.USTATE) == UState.IN_PROGRESS:
             return registry or "installing"
-        return registry or "idle"
+        booting = device in self.powered_on and not any(t >= self.powered_on[device] for t in self.boots[device])
+        return registry or ("booting" if booting else "idle")
 
     def watch_boot(self, device: str, powered_on: float, timeout: float = 90) -> None:
         """Record the device's next boot after a power-on: its firmware writes the running file."""
         path = f"/tmp/fota-swdevice-{device}.running"
+        self.powered_on[device] = powered_on
 
         def watch() -> None:
             deadline = time.monotonic() + timeout
