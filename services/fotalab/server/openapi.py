@@ -31,6 +31,17 @@ def _query(name: str, description: str, *, required: bool = False, type_: str = 
     return {"name": name, "in": "query", "required": required, "description": description, "schema": {"type": type_}}
 
 
+# the fleet table's page (fleetview.View): what GET /api/v1/dashboard and the stream take
+VIEW = [_query("offset", "first device of the page, 0 or more (default 0)", type_="integer"),
+        _query("limit", "devices per page, 1 to 500 (default 50)", type_="integer"),
+        _query("state", "only devices in this reported state"),
+        _query("group", "only devices of this group"),
+        _query("online", "1: only online devices, 0: only offline ones"),
+        _query("sort", "device, state, version or last_seen (default device)"),
+        _query("desc", "1: descending order"),
+        _query("device", "also send this device's row and events (its page is open)")]
+
+
 def _artifact_get(summary: str, parameter: dict) -> dict:
     return {"get": {
         "summary": summary, "parameters": [
@@ -115,8 +126,13 @@ def openapi_document() -> dict[str, Any]:
                     "phase": {"type": "integer"}, "reason": {"type": "string"}}},
                 "Snapshot": {"type": "object", "description": "the dashboard's view of the fleet", "properties": {
                     "at": {"type": "number"},
+                    "counts": {"type": "object", "description": "the whole fleet: total, online, downloading, "
+                                                                "by_state"},
+                    "page": {"type": "object", "description": "the view asked for, how many devices match it "
+                                                              "(total) and the page's device ids in order (ids)"},
                     "devices": {"type": "array", "items": _ref("Device"),
-                                "description": "each with last_result {outcome, version, reason} or null"},
+                                "description": "the page's devices (and the open device's), each with "
+                                               "last_result {outcome, version, reason} or null"},
                     "rollouts": {"type": "array", "items": {"type": "object"},
                                  "description": "the newest rollouts, without per-device runs (device_count), "
                                                 "with created_at and updated_at"},
@@ -146,9 +162,10 @@ def openapi_document() -> dict[str, Any]:
             "/": {"get": {"summary": "the live fleet dashboard (HTML; its assets under /static/)",
                           "responses": {"200": {"description": "the page", "content": {"text/html": {}}}}}},
             "/api/v1/dashboard": {"get": {
-                "summary": "the fleet as the dashboard shows it: what the stream sends first; poll it when the "
-                           "stream is not available",
-                "responses": {"200": _json(_ref("Snapshot"), "snapshot")}}},
+                "summary": "the fleet as the dashboard shows it, one page of its table: what the stream sends "
+                           "first; poll it when the stream is not available",
+                "parameters": VIEW,
+                "responses": {"200": _json(_ref("Snapshot"), "snapshot"), "400": ERROR}}},
             "/api/v1/dashboard/charts": {"get": {
                 "summary": "chart data: bytes per update (delta against full image), a rollout's commits over "
                            "time with its decisions, recoveries after power cuts",
@@ -157,10 +174,12 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {"200": _json({"type": "object"}, "bandwidth, rollout and recoveries"),
                               "400": ERROR, "404": ERROR}}},
             "/api/v1/stream": {"get": {
-                "summary": "Server-Sent Events: a 'snapshot' event (as GET /api/v1/dashboard), then 'changes' "
-                           "events {devices, events, rollouts, decisions} about once a second; the stream ends "
-                           "after a few minutes and EventSource reconnects",
+                "summary": "Server-Sent Events: a 'snapshot' event (as GET /api/v1/dashboard, for the same "
+                           "page), then 'changes' events about once a second with the counts and only the page's "
+                           "rows that changed; the stream ends after a few minutes and EventSource reconnects",
+                "parameters": VIEW,
                 "responses": {"200": {"description": "the event stream", "content": {"text/event-stream": {}}},
+                              "400": ERROR,
                               "503": _json(_ref("Error"), "this worker serves its maximum of streams: "
                                                           "retry after Retry-After seconds, or poll")}}},
             "/api/v1/openapi.json": {"get": {"summary": "this document",
