@@ -13,11 +13,30 @@ compares and sends members and never spells a state, event or cause as a literal
 """
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from enum import StrEnum
 
 PREFIX = "fota/v1"
 FLEET_COMMANDS = f"{PREFIX}/fleet/cmd"
 KINDS = ("cmd", "state", "events", "status")
+
+
+class ReportClock:
+    """A device's report timestamps ("ts": seconds, to the millisecond), strictly increasing.
+
+    The server keeps a state report only if its ts is newer than the stored one's, so two reports
+    in one millisecond (confirming, then committed, on a fast flash) would lose the second: a
+    report never carries the ts of the one before it."""
+
+    def __init__(self, now: Callable[[], float] = time.time) -> None:
+        self._now, self._last, self._lock = now, 0.0, threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            self._last = max(round(self._now(), 3), round(self._last + 0.001, 3))
+            return self._last
 
 
 def device_topic(device_id: str, kind: str) -> str:

@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 
-from ..protocol import FLEET_COMMANDS, Presence, device_topic
+from ..protocol import FLEET_COMMANDS, Presence, ReportClock, device_topic
 from ..tlsfiles import TlsFiles
 
 log = logging.getLogger("fotalab.device.mqttlink")
@@ -28,6 +27,7 @@ class MqttLink:
                  tls: TlsFiles | None = None) -> None:
         self.device_id, self._describe, self._on_command = device_id, describe, on_command
         self._host, self._port = host, port
+        self._clock = ReportClock()
         self.connected = threading.Event()
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"fota-{device_id}",
                                    clean_session=False)
@@ -72,7 +72,7 @@ class MqttLink:
         self._on_command(command)
 
     def _publish(self, kind: str, payload: dict, retain: bool) -> None:
-        body = {"device": self.device_id, "ts": round(time.time(), 3), **self._describe(), **payload}
+        body = {"device": self.device_id, "ts": self._clock(), **self._describe(), **payload}
         self._client.publish(device_topic(self.device_id, kind), json.dumps(body), qos=1, retain=retain)
 
     def state(self, state: str, **fields: object) -> None:

@@ -40,7 +40,7 @@ from ...device.flash import Flash
 from ...device.patcher import read_chunks
 from ...device.transport import HttpTransport
 from ...formats.delta import Delta, DeltaError, apply_delta
-from ...protocol import device_topic
+from ...protocol import ReportClock, device_topic
 
 
 class PowerCut(BaseException):
@@ -175,7 +175,7 @@ class SimReporter:
         self.device_id, self._hardware, self._group = device_id, hardware, group
         self._flash, self._running, self._power = flash, running, power
         self._send, self._observe = send, observe
-        self._last_ts = 0.0
+        self._clock = ReportClock()
 
     def describe(self) -> dict:
         state = BootControl(self._flash).load()
@@ -189,11 +189,7 @@ class SimReporter:
 
     def _publish(self, kind: str, payload: dict, retain: bool) -> None:
         self._power.check()
-        # The server keeps a state report only if its ts is newer than the stored one's, to the
-        # millisecond: two reports in one millisecond (confirming, then committed: easy on a tmpfs
-        # flash) would lose the second. A device's clock never gives the same ms twice here.
-        ts = self._last_ts = max(round(time.time(), 3), round(self._last_ts + 0.001, 3))
-        body = {"device": self.device_id, "ts": ts, **self.describe(), **payload}
+        body = {"device": self.device_id, "ts": self._clock(), **self.describe(), **payload}
         self._observe(kind, payload.get("state") or payload.get("event"), body)
         self._send(device_topic(self.device_id, kind), json.dumps(body), retain)
 
