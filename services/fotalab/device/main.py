@@ -108,6 +108,7 @@ def supervise(config: SupervisorConfig) -> int:
                                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ))
         os.close(write_end)
         reason = watch(child, read_end, config.watchdog_s, config.alive_file)
+        end_orphans()
         child = 0
         os.close(read_end)
         if reason == ResetReason.HALT:
@@ -140,6 +141,42 @@ def watch(child: int, kicks: int, watchdog_s: float, alive_file: str) -> str:
             if code == HALT_EXIT:
                 return ResetReason.HALT
             return f"{ResetReason.CRASH} (exit {code})"
+
+
+def children() -> list[int]:
+    """This process's children, from /proc (empty where the kernel does not list them)."""
+    found: list[int] = []
+    tasks = f"/proc/{os.getpid()}/task"
+    try:
+        threads = os.listdir(tasks)
+    except OSError:
+        return found
+    for thread in threads:
+        try:
+            with open(f"{tasks}/{thread}/children") as file:
+                found += [int(pid) for pid in file.read().split()]
+        except OSError:
+            pass
+    return found
+
+
+def end_orphans() -> None:
+    """Once the firmware process is gone, end what it started and left behind (a delta patcher, say),
+    as a reset of the hardware would, and reap it. The supervisor is PID 1 of its container, so the
+    firmware's orphans become its children: unreaped, they would stay zombies as long as the device
+    runs. What is not dead yet when this looks is reaped at the next reset."""
+    for pid in children():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
 
 
 # ---------------------------------------------------------------- the other commands: the whole stack
