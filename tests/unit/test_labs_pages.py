@@ -12,8 +12,8 @@ PAGES = pages()
 ALL_MARKDOWN = sorted(LABS.glob("*.md"))
 
 
-def test_there_are_six_labs_and_an_index():
-    assert [p.name[:3] for p in PAGES] == ["01-", "02-", "03-", "04-", "05-", "06-"]
+def test_there_are_seven_labs_and_an_index():
+    assert [p.name[:3] for p in PAGES] == ["01-", "02-", "03-", "04-", "05-", "06-", "07-"]
     assert (LABS / "README.md").exists()
 
 
