@@ -8,6 +8,7 @@ import pytest
 
 from fotalab.envconfig import ConfigError, Env
 from fotalab.frontdoor.config import FrontDoorConfig
+from fotalab.frontdoor.main import addresses
 from fotalab.frontdoor.nginxconf import render
 from fotalab.server import metrics
 from fotalab.server.downloadlog import DownloadLog, count_line
@@ -34,7 +35,8 @@ def test_settings_default_to_the_compose_layout():
 
 
 @pytest.mark.parametrize("name,value", [("FOTA_FRONTDOOR_UPSTREAM", "server"), ("FOTA_FRONTDOOR_LISTEN", ":8000"),
-                                        ("FOTA_FRONTDOOR_LISTEN", "0.0.0.0:99999"), ("FOTA_FRONTDOOR_WORKERS", "-1")])
+                                        ("FOTA_FRONTDOOR_LISTEN", "0.0.0.0:99999"), ("FOTA_FRONTDOOR_WORKERS", "-1"),
+                                        ("FOTA_FRONTDOOR_RECHECK_S", "0")])
 def test_a_bad_setting_is_refused_by_name(name, value):
     with pytest.raises(ConfigError, match=name):
         FrontDoorConfig.from_env(Env({name: value}))
@@ -44,9 +46,13 @@ def test_the_configuration_serves_only_hashes_from_the_store_and_proxies_the_res
     text = render(FrontDoorConfig.from_env(Env({"FOTA_FRONTDOOR_UPSTREAM": "10.0.0.2:8000"})))
     assert 'location ~ "^/artifacts/([0-9a-f]{64})$"' in text
     assert "try_files /artifacts/$1 @server;" in text and "disable_symlinks on;" in text
-    assert "set $fota_server 10.0.0.2:8000;" in text and text.count("proxy_pass http://$fota_server;") == 2
-    assert "resolver 127.0.0.11 valid=5s ipv6=off;" in text and "worker_processes auto;" in text
-    assert "resolver" not in render(FrontDoorConfig.from_env(Env({"FOTA_FRONTDOOR_RESOLVER": ""})))
+    assert "server 10.0.0.2:8000;" in text and text.count("proxy_pass http://fota_server;") == 2
+    assert "keepalive 64;" in text and "worker_processes auto;" in text
+
+
+def test_the_upstreams_addresses_are_looked_up_and_an_unknown_name_has_none():
+    assert addresses("127.0.0.1:8000") == {"127.0.0.1"}
+    assert addresses("no-such-host.invalid:8000") == frozenset()
 
 
 def test_a_download_line_counts_a_download_its_bytes_and_its_request():

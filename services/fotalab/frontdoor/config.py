@@ -15,9 +15,9 @@ class FrontDoorConfig:
     # one JSON line per artifact download it serves; the server reads it for its download metrics
     download_log: Path = Path("/var/log/fotalab-frontdoor/downloads.log")
     run_dir: Path = Path("/tmp/fotalab-frontdoor")   # nginx's pid file, its configuration and temp files
-    # looks the upstream's name up again as it expires, so a restarted server container is found at
-    # its new address (Docker's embedded DNS); empty: none, for an upstream given as an IP address
-    resolver: str = "127.0.0.11"
+    # how often the upstream's name is looked up again: nginx reloads when its address changed (a
+    # server container restarted by a chaos run may come back at another address)
+    recheck_s: float = 5.0
     workers: int = 0                   # nginx worker processes; 0: one per core
     connections: int = 4096            # connections per worker (devices hold one each while they download)
 
@@ -30,7 +30,7 @@ class FrontDoorConfig:
                      releases_dir=env.path("FOTA_RELEASES_DIR", d.releases_dir),
                      download_log=env.path("FOTA_DOWNLOAD_LOG", d.download_log),
                      run_dir=env.path("FOTA_FRONTDOOR_RUN_DIR", d.run_dir),
-                     resolver=env.text("FOTA_FRONTDOOR_RESOLVER", d.resolver),
+                     recheck_s=env.number("FOTA_FRONTDOOR_RECHECK_S", d.recheck_s, minimum=0.1, maximum=3600),
                      workers=env.integer("FOTA_FRONTDOOR_WORKERS", d.workers, minimum=0, maximum=64),
                      connections=env.integer("FOTA_FRONTDOOR_CONNECTIONS", d.connections, minimum=64,
                                              maximum=65536))

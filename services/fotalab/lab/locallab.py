@@ -341,8 +341,7 @@ class FrontDoor:
         env = {**os.environ, "FOTA_FRONTDOOR_LISTEN": f"127.0.0.1:{self.port}",
                "FOTA_FRONTDOOR_UPSTREAM": f"127.0.0.1:{self.server.port}",
                "FOTA_RELEASES_DIR": str(self.server.releases), "FOTA_DOWNLOAD_LOG": str(self.download_log),
-               "FOTA_FRONTDOOR_RUN_DIR": str(self.root / "run"), "FOTA_FRONTDOOR_WORKERS": str(self.workers),
-               "FOTA_FRONTDOOR_RESOLVER": ""}
+               "FOTA_FRONTDOOR_RUN_DIR": str(self.root / "run"), "FOTA_FRONTDOOR_WORKERS": str(self.workers)}
         self.process = _start_http_service("fotalab.frontdoor.main", env, self.root / "frontdoor.log", self.url,
                                            "front door")
         return self
