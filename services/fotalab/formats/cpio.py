@@ -38,10 +38,6 @@ def _pad(length: int) -> bytes:
     return b"\0" * (-length % 4)
 
 
-def _pad_to(length: int, block: int) -> bytes:
-    return b"\0" * (-length % block)
-
-
 def checksum(data: bytes) -> int:
     """The "crc" format's check field: the sum of the data bytes, modulo 2**32 (not a real CRC)."""
     return sum(data) & 0xFFFFFFFF
@@ -56,12 +52,11 @@ def header(name: str, size: int, *, ino: int, mode: int = REGULAR_FILE, check: i
     return raw + encoded + _pad(HEADER_SIZE + len(encoded))
 
 
-BLOCK = 512
-
-
 def write(members: list[tuple[str, bytes]], *, crc: bool = False) -> bytes:
-    """An archive of (name, data) members in the order given, then the trailer, the whole
-    padded with zeros to a multiple of 512 bytes as GNU cpio pads it (SWUpdate expects that)."""
+    """An archive of (name, data) members in the order given, then the trailer, and nothing after
+    it: no padding to 512-byte blocks as GNU cpio writes. SWUpdate 2022.12 stops reading its
+    stream at the trailer, so bytes after it (sent late by a slow link) met a closed stream
+    ("Writing into SWUpdate IPC stream failed") and failed the install (docs/swupdate.md)."""
     out = bytearray()
     for ino, (name, data) in enumerate(members, start=1):
         if not name or name == TRAILER or "\0" in name:
@@ -69,7 +64,7 @@ def write(members: list[tuple[str, bytes]], *, crc: bool = False) -> bytes:
         out += header(name, len(data), ino=ino, check=checksum(data) if crc else None)
         out += data + _pad(len(data))
     out += header(TRAILER, 0, ino=0, mode=0, check=0 if crc else None)
-    return bytes(out + _pad_to(len(out), BLOCK))
+    return bytes(out)
 
 
 def read(archive: bytes) -> list[Member]:
