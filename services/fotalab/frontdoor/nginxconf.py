@@ -36,10 +36,10 @@ http {{
     scgi_temp_path {run}/scgi;
     log_format fota_download escape=json '{log_format}';
 
-    # kept-alive connections to the server: a new one per proxied request cost gunicorn more than the
-    # request itself (DDI polls through the door: 707 against 405 us each, and 3 of 10 late). Closed
-    # here before gunicorn's own keep-alive (5 s) closes them under a request. nginx resolves the
-    # name when it (re)loads its configuration: fota-frontdoor reloads it when the address changes.
+    # kept-alive connections to the server: a new one per proxied request costs gunicorn more than a
+    # small request itself (docs/server.md). Closed here before gunicorn's own keep-alive (5 s) closes
+    # them under a request. nginx resolves the name when it (re)loads its configuration:
+    # fota-frontdoor reloads it when the address changes.
     upstream fota_server {{
         server {upstream};
         keepalive 64;

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -124,8 +123,3 @@ class DownloadLog:
             except OSError as exc:
                 log.warning("cannot read the front door's download log %s (%s); retrying", self._path, exc)
             time.sleep(every_s)
-
-    def start(self) -> threading.Thread:
-        thread = threading.Thread(target=self.follow, name="download-log", daemon=True)
-        thread.start()
-        return thread
