@@ -3,7 +3,8 @@
     fota releases | devices | device <id> | trigger <id>
     fota rollout create <release> [--devices a,b | --hardware H | --group G] [--phases 1,50%] ...
     fota rollout list | show <id> | watch <id> | pause <id> | resume <id> | abort <id>
-    fota controllers add <name> [--hardware H] | list       hawkBit DDI clients (docs/ddi.md)
+    fota controllers add <name> [--hardware H] [--cert-dir DIR] | list
+                                                           hawkBit DDI clients (docs/ddi.md)
     fota device revoke <id> | reprovision <id>             its TLS certificate (needs FOTA_CA_DIR)
 
 Readable output by default, JSON with --json. The server is FOTA_SERVER_URL (default
@@ -180,6 +181,8 @@ def parser() -> argparse.ArgumentParser:
     add = controllers.add_parser("add", help="enrol a controller and print its TargetToken (shown once)")
     add.add_argument("name", help="its controllerId, and its device id in the fleet")
     add.add_argument("--hardware", help="the hardware it runs (default: the server's only one, or its lab hardware)")
+    add.add_argument("--cert-dir", type=Path, help="also write its TLS client certificate and key, and the lab CA, "
+                                                   "into this directory (needs FOTA_CA_DIR)")
     controllers.add_parser("list", help="enrolled controllers")
 
     rollout = commands.add_parser("rollout", help="staged rollouts").add_subparsers(dest="action", required=True,
@@ -213,12 +216,8 @@ def parser() -> argparse.ArgumentParser:
 
 def certificate(action: str, device_id: str, api: Api, ca_dir: Path | None) -> tuple[dict, str]:
     """Revoke or reissue a device's certificate at the lab CA; record it in its history."""
-    from .lab.pki import LabCA  # only these two commands need the lab CA
     from .lab.provision import write_acl
-    if ca_dir is None or not (ca_dir / "ca-private").is_dir():
-        raise CliError(f"{action} needs the lab CA: set FOTA_CA_DIR to the provisioner's credentials directory "
-                       "(the one with ca-private/)")
-    ca = LabCA(ca_dir)
+    ca = lab_ca(action, ca_dir)
     try:
         if action == "revoke":
             serial, event = ca.revoke(device_id), Event.CERTIFICATE_REVOKED
@@ -235,6 +234,29 @@ def certificate(action: str, device_id: str, api: Api, ca_dir: Path | None) -> t
     return recorded, text
 
 
+def lab_ca(action: str, ca_dir: Path | None):
+    """The lab CA for a command that issues or revokes certificates, or a CliError saying where it is."""
+    from .lab.pki import LabCA  # only the commands that issue or revoke certificates need the lab CA
+    if ca_dir is None or not (ca_dir / "ca-private").is_dir():
+        raise CliError(f"{action} needs the lab CA: set FOTA_CA_DIR to the provisioner's credentials directory "
+                       "(the one with ca-private/)")
+    return LabCA(ca_dir)
+
+
+def controller_files(name: str, directory: Path, ca) -> list[Path]:
+    """A new client certificate for the controller (CN = its name), copied with its key and the
+    lab CA into `directory`: what its DDI client needs for mutual TLS."""
+    identity = ca.issue(name)
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for source, mode in ((identity.ca, 0o644), (identity.cert, 0o644), (identity.key, 0o600)):
+        target = directory / source.name
+        target.write_bytes(source.read_bytes())
+        target.chmod(mode)
+        written.append(target)
+    return written
+
+
 def run(args: argparse.Namespace, api: Api, out=sys.stdout, ca_dir: Path | None = None) -> int:
     emit: Callable[[object, str], None] = (
         (lambda data, text: print(json.dumps(data, indent=2), file=out)) if args.json
@@ -245,14 +267,19 @@ def run(args: argparse.Namespace, api: Api, out=sys.stdout, ca_dir: Path | None 
         swu = ["swu_bytes", "swu_delta_bytes"] if any(r["swu_bytes"] for r in rows) else []
         emit(found, table(rows, ["hardware", "version", "behaviour", "default", "image_bytes", "delta_bytes", *swu]))
     elif args.command == "controllers" and args.action == "add":
+        ca = lab_ca("--cert-dir", ca_dir) if args.cert_dir else None     # before enrolling: nothing half done
         body = {"name": args.name, **({"hardware": args.hardware} if args.hardware else {})}
         made = api.call("POST", "/controllers", body)
         token = made["credentials"]["target_token"]
-        emit(made, "\n".join([
-            f"enrolled controller {made['controller_id']} (hardware {made['hardware']}); point its DDI client at:",
-            f"  base URL   {made['base_url']}", f"  tenant     {made['tenant']}",
-            f"  controller {made['controller_id']}", f"  TargetToken {token}   (shown this once)",
-            f"  try: curl -H 'Authorization: TargetToken {token}' {made['ddi_url']}"]))
+        lines = [f"enrolled controller {made['controller_id']} (hardware {made['hardware']}); point its DDI client at:",
+                 f"  base URL   {made['base_url']}", f"  tenant     {made['tenant']}",
+                 f"  controller {made['controller_id']}", f"  TargetToken {token}   (shown this once)",
+                 f"  try: curl -H 'Authorization: TargetToken {token}' {made['ddi_url']}"]
+        if ca is not None:
+            files = controller_files(made["controller_id"], args.cert_dir, ca)
+            made["certificate_files"] = [str(f) for f in files]
+            lines.append(f"  TLS        {', '.join(str(f) for f in files)} (CA, its certificate, its key)")
+        emit(made, "\n".join(lines))
     elif args.command == "controllers":
         found = api.call("GET", "/controllers")
         emit(found, table(found["controllers"], ["controller_id", "hardware", "version", "state", "online",

@@ -4,7 +4,10 @@ device updates over TLS end to end (MQTT over TLS, HTTPS through the server)."""
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
+import os
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -51,7 +54,6 @@ def test_device_1_asking_as_device_2_is_forbidden(lab):
     assert get(server, "/api/v1/devices/device-1/assignment", "device-1").status_code != 403
 
 
-@pytest.mark.skipif(importlib.util.find_spec("fotalab.server.ddi") is None, reason="no DDI endpoints in this tree")
 def test_device_1_asking_for_device_2s_ddi_resources_is_forbidden(lab):
     _, server = lab
     assert get(server, "/DEFAULT/controller/v1/device-2", "device-1").status_code == 403
@@ -155,21 +157,44 @@ def test_bytes_flipped_on_the_link_end_in_a_tls_error_and_a_retry(lab, release_s
     assert device.inspect()["running"]["verified"]
 
 
-def test_fota_device_revoke_and_reprovision(lab):
-    import os
-    import signal
-    import subprocess
-    import sys
+@pytest.fixture
+def fota(lab):
+    """`fota ARGS...` as the operator, over HTTPS with the CLI's certificate and the lab CA at hand:
+    its output; `ok=False` for a command expected to fail (then its stderr)."""
+    broker, server = lab
+    env = {**os.environ, **broker.ca.identity("fota-cli").env(), "FOTA_SERVER_URL": server.url,
+           "FOTA_API_TOKEN": TOKEN, "FOTA_CA_DIR": str(broker.credentials)}
+
+    def run(*args: str, ok: bool = True, **overrides: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "fotalab.cli", *args], env={**env, **overrides},
+                              capture_output=True, text=True)
+        assert (done.returncode == 0) == ok, done.stderr
+        return done.stdout if ok else done.stderr
+    return run
+
+
+def test_a_controller_enrolled_with_cert_dir_polls_by_that_certificate_alone_as_itself(lab, fota, tmp_path):
+    _, server = lab
+    out = fota("controllers", "add", "ctl-tls", "--hardware", "fotalab-m4", "--cert-dir", str(tmp_path / "ctl"))
+    token = out.split("TargetToken ")[1].split()[0]
+    files = {name: tmp_path / "ctl" / name for name in ("ca.pem", "cert.pem", "key.pem")}
+    assert all(f.is_file() for f in files.values()) and (files["key.pem"].stat().st_mode & 0o077) == 0
+    assert str(files["key.pem"]) in out
+    tls = {"verify": str(files["ca.pem"]), "cert": (str(files["cert.pem"]), str(files["key.pem"])),
+           "headers": {"Authorization": f"TargetToken {token}"}, "timeout": 10}
+    assert requests.get(f"{server.url}/DEFAULT/controller/v1/ctl-tls", **tls).status_code == 200
+    assert requests.get(f"{server.url}/DEFAULT/controller/v1/device-1", **tls).status_code == 403
+
+
+def test_cert_dir_without_the_lab_ca_enrols_nothing_and_says_what_to_set(fota, tmp_path):
+    error = fota("controllers", "add", "ctl-no-ca", "--cert-dir", str(tmp_path / "x"), ok=False, FOTA_CA_DIR="")
+    assert "FOTA_CA_DIR" in error
+    assert "ctl-no-ca" not in fota("controllers", "list") and not (tmp_path / "x").exists()
+
+
+def test_fota_device_revoke_and_reprovision(lab, fota):
     broker, server = lab
     broker.ca.ensure_identities(["device-5"])
-    cli = broker.ca.identity("fota-cli")
-    env = {**os.environ, **cli.env(), "FOTA_SERVER_URL": server.url, "FOTA_API_TOKEN": TOKEN,
-           "FOTA_CA_DIR": str(broker.credentials)}
-
-    def fota(*args: str) -> str:
-        done = subprocess.run([sys.executable, "-m", "fotalab.cli", *args], env=env, capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr
-        return done.stdout
 
     assert get(server, "/api/v1/manifest", "device-5", params=MANIFEST).status_code == 200
     assert "revoked device-5's certificate" in fota("device", "revoke", "device-5")
