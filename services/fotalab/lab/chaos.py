@@ -42,14 +42,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-import requests
-
 from ..formats.image import parse_version
 from ..protocol import SUCCESS_STATES, Command, Event, State
 from . import swarmlab
 from .composelab import ComposeLab
 from .fleetwatch import FleetWatcher
 from .provision import SERVER
+from .serverrecord import last_commit, until_server_agrees
 from .swfleet import SwFleet, is_swdevice
 
 PHASES = {State.CHECKING: "checking", State.DOWNLOADING: "downloading", State.INSTALLING: "patching",
@@ -297,25 +296,17 @@ class Campaign:
         """The server's registry and history must tell the same story as the device's flash."""
         running = flash["running"]
         sha = flash["slots"][running["slot"]]["sha256"]
-        deadline, problems = time.monotonic() + 15, ["server not reachable"]
-        while problems and time.monotonic() < deadline:
-            try:
-                record = requests.get(f"{self.server_url}/api/v1/devices/{device}", timeout=5).json()
-                history = requests.get(f"{self.server_url}/api/v1/devices/{device}/history",
-                                       params={"limit": 1000}, timeout=5).json()["events"]
-            except (requests.RequestException, ValueError, KeyError):
-                time.sleep(1)
-                continue
+
+        def check(record: dict, history: list[dict]) -> list[str]:
             problems = []
             if (record.get("version"), record.get("image_sha256")) != (running["version"], sha):
                 problems.append(f"server records {record.get('version')} ({str(record.get('image_sha256'))[:12]}), "
                                 f"the flash runs {running['version']} ({sha[:12]})")
-            commits = [e["payload"].get("version") for e in history if e["event"] == Event.COMMITTED]
-            if commits and commits[-1] != running["version"]:
-                problems.append(f"server history's last commit is {commits[-1]}, the flash runs {running['version']}")
-            if problems:
-                time.sleep(1)
-        return problems
+            committed = last_commit(history)
+            if committed and committed != running["version"]:
+                problems.append(f"server history's last commit is {committed}, the flash runs {running['version']}")
+            return problems
+        return until_server_agrees(self.server_url, device, check, within_s=15)
 
 
 class Lab(Protocol):

@@ -26,7 +26,8 @@ import requests
 from ..cli import Api, CliConfig, CliError
 from ..envconfig import ConfigError
 from ..formats.swu import EnvKey, GrubEnvError, UState, parse_grubenv
-from ..protocol import Event, State
+from ..protocol import State
+from .serverrecord import last_commit, until_server_agrees
 
 PREFIX = "swupdate-"
 
@@ -194,26 +195,18 @@ class SwFleet:
         return False, converged, problems, flash
 
     def server_disagreements(self, device: str, version: str | None) -> list[str]:
-        """The server must have recorded the commit of what the flash boots, and nothing after it."""
-        deadline, problems = time.monotonic() + 30, ["server not reachable"]
-        while problems and time.monotonic() < deadline:
-            try:
-                record = requests.get(f"{self.server_url}/api/v1/devices/{device}", timeout=5).json()
-                history = requests.get(f"{self.server_url}/api/v1/devices/{device}/history",
-                                       params={"limit": 1000}, timeout=5).json()["events"]
-            except (requests.RequestException, ValueError, KeyError):
-                time.sleep(1)
-                continue
+        """The server must have recorded the commit of what the flash boots, and nothing after it
+        (swupdate reports at its next poll after the boot)."""
+        def check(record: dict, history: list[dict]) -> list[str]:
             problems = []
             if (record.get("state"), record.get("version")) != (State.COMMITTED, version):
                 problems.append(f"server records {record.get('version')} ({record.get('state')}), "
                                 f"the flash boots {version}")
-            commits = [e["payload"].get("version") for e in history if e["event"] == Event.COMMITTED]
-            if commits and commits[-1] != version:
-                problems.append(f"server history's last commit is {commits[-1]}, the flash boots {version}")
-            if problems:
-                time.sleep(1)                   # swupdate reports at its next poll after the boot
-        return problems
+            committed = last_commit(history)
+            if committed and committed != version:
+                problems.append(f"server history's last commit is {committed}, the flash boots {version}")
+            return problems
+        return until_server_agrees(self.server_url, device, check, within_s=30)
 
 
 def main(argv: list[str] | None = None) -> int:
