@@ -334,7 +334,9 @@ class Outcome:
 
 
 def parser(prog: str = "chaos", doc: str | None = __doc__) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # "resolve": swarm-chaos puts its own --devices (how many devices its test swarm runs) over this one
+    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     conflict_handler="resolve")
     env = os.environ     # the variables `docker compose` itself reads, so the defaults find the same lab
     parser.add_argument("--project", default=env.get("COMPOSE_PROJECT_NAME") or "fotalab",
                         help="compose project of the running lab (default: $COMPOSE_PROJECT_NAME, else fotalab)")
@@ -353,7 +355,7 @@ def parser(prog: str = "chaos", doc: str | None = __doc__) -> argparse.ArgumentP
     parser.add_argument("--reset-waves", action="store_true",
                         help="a converged device picked for a kill is reset to its factory flash instead and "
                              "updated again, so a long campaign keeps hitting every phase")
-    parser.add_argument("--devices", choices=("all", "lab", "swupdate"), default="all",
+    parser.add_argument("--devices", dest="cut", choices=("all", "lab", "swupdate"), default="all",
                         help="whose power it cuts: every device, the lab's own (device-N) or the SWUpdate "
                              "devices (swupdate-N); every device is judged all the same")
     parser.add_argument("--aim", action="store_true",
@@ -412,7 +414,7 @@ def execute(lab: Lab, args: argparse.Namespace, server_url: str, mqtt_host: str,
         time.sleep(1.0)     # retained states arrive
         campaign = Campaign(lab, watcher, server_url=server_url, target=args.target, kills=args.kills,
                             seed=args.seed, off_s=tuple(args.off), gap_s=tuple(args.gap), reset_waves=args.reset_waves,
-                            infra_share=args.infra, which=getattr(args, "devices", "all"),
+                            infra_share=args.infra, which=getattr(args, "cut", "all"),
                             aim=getattr(args, "aim", False), sw=sw, devices=devices)
         beside = threading.Thread(target=during, args=(campaign,), daemon=True) if during else None
         if beside:
