@@ -176,18 +176,31 @@ def test_a_rebuild_reuses_every_swu(store, release_key):
     assert swu_files(store) == before
 
 
+def accepted(log: str) -> bool:
+    """swupdate verified the signature, found a compatible selection and checked every image."""
+    return "Verified OK" in log and SUCCESS in log and FAILURE not in log
+
+
 @needs_swupdate
 @pytest.mark.parametrize("selection", ["copy-a", "copy-b"])
 def test_real_swupdate_accepts_every_swu_in_check_mode(store, selection, tmp_path):
     for name, archive in swu_files(store).items():
         path = store / name
         path.write_bytes(archive)
-        result = run_swupdate(["-c", "-i", path, "-k", store / "keys" / "swupdate-signer.crt.pem",
-                               "-H", "swupdate-arm64:1.0", "-e", f"stable,{selection}", "-l", "4"], tmp_path / "t")
+
+        def check(path: Path = path) -> str:
+            result = run_swupdate(["-c", "-i", path, "-k", store / "keys" / "swupdate-signer.crt.pem",
+                                   "-H", "swupdate-arm64:1.0", "-e", f"stable,{selection}", "-l", "4"], tmp_path / "t")
+            return result.stdout + result.stderr
         # not the exit code: Debian's 2022.12 exits 1 after about one successful check in ten (its
-        # post-update IPC races; seen with a private /tmp too), so the verdict is its log's
-        log = result.stdout + result.stderr
-        assert "Verified OK" in log and SUCCESS in log and FAILURE not in log, f"{name}: {log[-3000:]}"
+        # post-update IPC races; seen with a private /tmp too), so the verdict is its log's. Its local
+        # install path also races its own end of stream now and then: the client reports success before
+        # the installer has read the archive, which then finds its temporary files gone. Such a run is
+        # repeated (at most twice more); a file swupdate refuses is refused every time.
+        logs = [check()]
+        while not accepted(logs[-1]) and len(logs) < 3:
+            logs.append(check())
+        assert accepted(logs[-1]), f"{name}: {len(logs)} runs, the last: {logs[-1][-3000:]}"
 
 
 @needs_swupdate
