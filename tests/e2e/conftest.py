@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,30 @@ def docker_engine(require) -> None:
     require(f"e2e needs Docker: {problem}" if problem else None)
 
 
+@contextmanager
+def running(lab: ComposeLab, *, up_s: float, down_s: float,
+            log_args: tuple[str, ...] = ("--tail", "200")) -> Iterator[ComposeLab]:
+    """`lab` built and up until the block ends; then its logs (`docker compose logs --no-color
+    LOG_ARGS`) go to test-artifacts/<project>.log and it is removed with its volumes, on failure too."""
+    try:
+        lab.compose("build")
+        lab.compose("up", "-d", "--wait", timeout=up_s)
+        yield lab
+    finally:
+        ARTIFACTS.mkdir(exist_ok=True)
+        try:
+            (ARTIFACTS / f"{lab.project}.log").write_text(lab.compose("logs", "--no-color", *log_args).stdout)
+        except Exception as exc:   # keep tearing down even if logs fail
+            print(f"could not save lab logs: {exc}")
+        lab.compose("down", "-v", "--remove-orphans", timeout=down_s)
+
+
+@pytest.fixture(scope="session")
+def running_lab() -> Callable[..., AbstractContextManager[ComposeLab]]:
+    """What starts a compose lab for a test module and tears it down (`running`)."""
+    return running
+
+
 @pytest.fixture(scope="session")
 def compose_lab(docker_engine):
     lab = ComposeLab(f"fotalab-e2e-{uuid.uuid4().hex[:6]}", REPO, {
@@ -61,17 +86,8 @@ def compose_lab(docker_engine):
         # a slow link (NB-IoT-like) so a download lasts long enough to be cut by `docker kill`
         "FOTA_RADIO_KBPS": os.environ.get("FOTA_E2E_RADIO_KBPS", "4"),
         "FOTA_CHUNK_SIZE": "1024"})
-    try:
-        lab.compose("build")
-        lab.compose("up", "-d", "--wait", timeout=300)
-        yield lab
-    finally:
-        ARTIFACTS.mkdir(exist_ok=True)
-        try:
-            (ARTIFACTS / f"{lab.project}.log").write_text(lab.logs())
-        except Exception as exc:   # keep tearing down even if logs fail
-            print(f"could not save lab logs: {exc}")
-        lab.compose("down", "-v", "--remove-orphans", timeout=120)
+    with running(lab, up_s=300, down_s=120) as started:
+        yield started
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ SW = ["swupdate-1", "swupdate-2"]
 
 
 @pytest.fixture(scope="module")
-def sw_lab(docker_engine, tmp_path_factory):
+def sw_lab(docker_engine, tmp_path_factory, running_lab):
     """A lab of its own (project name, ports, and a fleet override outside the working tree, named
     in COMPOSE_FILE, so nobody else's lab or compose.override.yaml is touched)."""
     override = tmp_path_factory.mktemp("swlab") / "fleet.yaml"
@@ -43,17 +43,8 @@ def sw_lab(docker_engine, tmp_path_factory):
         "MQTT_PORT": str(free_port()), "SERVER_PORT": str(free_port()),
         "FOTA_RADIO_KBPS": "4", "FOTA_CHUNK_SIZE": "1024",     # lab devices' downloads last long enough to cut
         "FOTA_DDI_POLL_S": "2"})                               # the DDI clients poll every 2 s
-    try:
-        lab.compose("build")
-        lab.compose("up", "-d", "--wait", timeout=420)
-        yield lab
-    finally:
-        ARTIFACTS.mkdir(exist_ok=True)
-        try:
-            (ARTIFACTS / f"{lab.project}.log").write_text(lab.compose("logs", "--no-color", "--timestamps").stdout)
-        except Exception as exc:   # keep tearing down even if logs fail
-            print(f"could not save lab logs: {exc}")
-        lab.compose("down", "-v", "--remove-orphans", timeout=180)
+    with running_lab(lab, up_s=420, down_s=180, log_args=("--timestamps",)) as started:
+        yield started
 
 
 def base(lab: ComposeLab) -> str:
