@@ -1,5 +1,6 @@
-"""tlsauth: what a client certificate allows (Flask side), the CRL re-read as it changes, and the
-TLS settings each service reads (FOTA_TLS_CA/CERT/KEY)."""
+"""tlsauth: what a client certificate allows (Flask side), the CRL re-read as it changes, the
+front door's word taken only with its secret, and the TLS settings each service reads
+(FOTA_TLS_CA/CERT/KEY, FOTA_FRONTDOOR_SECRET_FILE)."""
 from __future__ import annotations
 
 import asyncio
@@ -17,9 +18,11 @@ from fotalab.server.tlsauth import (
     IDENTITY,
     PEER,
     ClientCertificates,
+    FrontDoorPeers,
     Revocations,
     require_own_identity,
     token_needs_tls,
+    vouched,
 )
 from fotalab.tlsfiles import TlsFiles
 
@@ -136,3 +139,82 @@ def test_a_ddi_poll_answered_before_flask_is_refused_for_another_controller(tmp_
                  "/api/v1/releases"):
         asyncio.run(layer({"type": "http", "path": path, PEER: peer}, None, send))
     assert len(seen) == 3
+
+
+SECRET = b"door-secret-0123456789"
+
+
+def door_scope(*headers: tuple[bytes, bytes], scheme: str = "http", **extra) -> dict:
+    return {"type": "http", "path": "/api/v1/manifest", "scheme": scheme,
+            "headers": [(b"host", b"lab"), *headers], **extra}
+
+
+VOUCHED = ((b"x-fota-frontdoor", SECRET), (b"x-fota-client-identity", b"device-1"),
+           (b"x-fota-client-serial", b"1A2B"), (b"x-forwarded-proto", b"https"))
+
+
+def test_the_front_doors_word_is_taken_only_with_its_secret():
+    scope = vouched(door_scope(*VOUCHED), SECRET)
+    assert scope[PEER] == ("device-1", 0x1A2B) and scope["scheme"] == "https"
+    assert scope["headers"] == [(b"host", b"lab"), (b"x-forwarded-proto", b"https")]   # the secret goes no further
+    browser = vouched(door_scope(*VOUCHED[:1], (b"x-fota-client-identity", b""), (b"x-fota-client-serial", b""),
+                                 VOUCHED[3]), SECRET)
+    assert browser[PEER] is None and browser["scheme"] == "https"
+
+
+@pytest.mark.parametrize("headers", [
+    VOUCHED[1:],                                                     # no secret: a client straight to gunicorn
+    ((b"x-fota-frontdoor", b"a guess"), *VOUCHED[1:]),
+    ((b"x-fota-frontdoor", SECRET + b"x"), *VOUCHED[1:]),
+    (*VOUCHED, (b"x-fota-frontdoor", b"a guess")),                   # each header once, or not at all
+    (*VOUCHED, (b"x-fota-client-identity", b"device-2"))])
+def test_headers_without_the_secret_name_nobody_and_say_nothing_of_tls(headers):
+    scope = vouched(door_scope(*headers, scheme="https", **{PEER: ("device-9", 9)}), SECRET)
+    assert PEER not in scope and scope["scheme"] == "http"        # gunicorn may have believed X-Forwarded-Proto
+    assert all(not name.startswith(b"x-fota-") for name, _ in scope["headers"])
+
+
+def test_a_serial_that_is_not_hex_is_no_peer():
+    scope = vouched(door_scope(VOUCHED[0], VOUCHED[1], (b"x-fota-client-serial", b"zz")), SECRET)
+    assert scope[PEER] is None and scope["scheme"] == "http"
+
+
+def test_behind_the_door_the_crl_and_the_controller_rule_still_apply(tmp_path):
+    ca = LabCA(tmp_path / "ca")
+    ca.ensure_identities(["device-1", "device-2"])
+    ca.revoke("device-2")
+    seen, sent = [], []
+
+    async def app(scope, receive, send):
+        seen.append((scope.get(IDENTITY), scope["scheme"]))
+
+    async def send(message):
+        sent.append(message)
+
+    layer = FrontDoorPeers(ClientCertificates(app, ca.crl_path), SECRET.decode())
+
+    def call(identity: str, path: str = "/api/v1/manifest") -> None:
+        headers = ((b"x-fota-frontdoor", SECRET), (b"x-fota-client-identity", identity.encode()),
+                   (b"x-fota-client-serial", f"{ca.serial(identity):X}".encode()), (b"x-forwarded-proto", b"https"))
+        asyncio.run(layer({**door_scope(*headers), "path": path}, None, send))
+    call("device-1")
+    assert seen == [("device-1", "https")]
+    call("device-2")
+    assert sent[0]["status"] == 403 and b"revoked" in sent[1]["body"]
+    call("device-1", "/DEFAULT/controller/v1/device-2")
+    assert sent[2]["status"] == 403 and len(seen) == 1
+
+
+def test_the_server_reads_the_front_doors_secret_only_with_tls(tmp_path):
+    files = {"FOTA_TLS_CA": "/c/ca.pem", "FOTA_TLS_CERT": "/c/cert.pem", "FOTA_TLS_KEY": "/c/key.pem"}
+    (tmp_path / "secret").write_text(SECRET.decode() + "\n")
+    door = {"FOTA_FRONTDOOR_SECRET_FILE": str(tmp_path / "secret")}
+    behind = ServerConfig.from_env(Env({**files, **door}))
+    assert behind.frontdoor_secret == SECRET.decode() and not behind.gunicorn_tls
+    assert SECRET.decode() not in repr(behind)
+    assert ServerConfig.from_env(Env(files)).gunicorn_tls
+    assert ServerConfig.from_env(Env(door)).frontdoor_secret == ""
+    for content in ("", "short"):
+        (tmp_path / "secret").write_text(content)
+        with pytest.raises(ConfigError, match="empty or shorter than 16"):
+            ServerConfig.from_env(Env({**files, **door}))

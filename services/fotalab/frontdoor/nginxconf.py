@@ -6,6 +6,15 @@ immutable caching. A name that is not a SHA-256, or a file that is not in the st
 update server, which answers with its error that says what to do. Everything else (manifests,
 API, DDI, dashboard and its live stream, the seed's /updates/<name>) is proxied to the server,
 with the response buffered here, so a slow device link never holds a gunicorn worker.
+
+With TLS the door terminates it: its own certificate, client certificates optional (a browser
+has none) but verified against the lab CA and its CRL when presented; a certificate that fails
+(another CA, expired, revoked) gets nginx's 400 on every request. Every proxied request carries
+headers nginx sets itself, replacing any a client sent: the secret the server checks before it
+believes the others (X-Fota-Frontdoor), the verified certificate's CN and serial (empty unless
+$ssl_client_verify is SUCCESS) and X-Forwarded-Proto. The CN is cut out of the RFC 2253 subject
+by a map that reads it RDN by RDN, escapes included, so an escaped comma inside another
+attribute cannot pass for a new `CN=`; a CN with an escaped character passes no identity.
 """
 from __future__ import annotations
 
@@ -35,7 +44,7 @@ http {{
     uwsgi_temp_path {run}/uwsgi;
     scgi_temp_path {run}/scgi;
     log_format fota_download escape=json '{log_format}';
-
+{maps}
     # kept-alive connections to the server: a new one per proxied request costs gunicorn more than a
     # small request itself (docs/server.md). Closed here before gunicorn's own keep-alive (5 s) closes
     # them under a request. nginx resolves the name when it (re)loads its configuration:
@@ -47,8 +56,8 @@ http {{
     }}
 
     server {{
-        listen {listen} backlog=2048;
-
+        listen {listen}{ssl} backlog=2048;
+{tls}
         location ~ "^/artifacts/([0-9a-f]{{64}})$" {{
             root {releases};
             disable_symlinks on;
@@ -75,6 +84,10 @@ http {{
         proxy_set_header Host $http_host;
         proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
         proxy_set_header X-Forwarded-Proto $scheme;
+        # set here, whatever the client sent: the server believes the two below only with the secret
+        proxy_set_header X-Fota-Frontdoor "{secret}";
+        proxy_set_header X-Fota-Client-Identity $fota_client_identity;
+        proxy_set_header X-Fota-Client-Serial $fota_client_serial;
         # the dashboard's live stream (the server says X-Accel-Buffering: no) stays open for minutes
         proxy_read_timeout 600s;
         # the server bounds what it accepts itself and says why; nginx must not refuse first
@@ -84,7 +97,37 @@ http {{
 """
 
 
+# The verified client certificate's CN and serial (nginx's RFC 2253 subject: `CN=device-1`). RDNs
+# before the CN are skipped whole, escapes (\x5c is a backslash) included; the CN itself must be
+# plain. Without a verified certificate ($ssl_client_verify NONE or FAILED:...) both are empty.
+IDENTITY_MAPS = r"""
+    map "$ssl_client_verify:$ssl_client_s_dn" $fota_client_identity {
+        default "";
+        "~^SUCCESS:(?:(?:[^,\x5c]|\x5c.)*,)*CN=(?<fota_cn>[^,+\x5c]+)(?:,|$)" $fota_cn;
+    }
+    map $ssl_client_verify $fota_client_serial {
+        default "";
+        SUCCESS $ssl_client_serial;
+    }
+"""
+
+# TLS 1.2 and 1.3 with nginx's default cipher suites (scripts/bench-server's nginx has the same)
+TLS = """\
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache shared:fota_tls:10m;
+        ssl_client_certificate {ca};
+        ssl_verify_client optional;
+"""
+
+
 def render(config: FrontDoorConfig) -> str:
+    tls = config.tls
+    tls_lines = TLS.format(cert=tls.cert, key=tls.key, ca=tls.ca) if tls else ""
+    if tls and config.tls_crl:
+        tls_lines += f"        ssl_crl {config.tls_crl};\n"
     return TEMPLATE.format(workers=config.workers or "auto", run=config.run_dir, connections=config.connections,
                            log_format=DOWNLOAD_FORMAT, upstream=config.upstream, listen=config.listen,
-                           releases=config.releases_dir, download_log=config.download_log)
+                           releases=config.releases_dir, download_log=config.download_log, maps=IDENTITY_MAPS,
+                           ssl=" ssl" if tls else "", tls=tls_lines, secret=config.secret)

@@ -118,7 +118,8 @@ def create_app(config: ServerConfig) -> Flask:
     app.register_blueprint(dashboard.blueprint)
     app.register_blueprint(ddi.blueprint)
     app.before_request(label_route)
-    if config.tls:          # HTTPS: a device's certificate speaks for that device only (tlsauth.py)
+    # HTTPS, in gunicorn or at the front door: a device's certificate speaks for that device only (tlsauth.py)
+    if config.tls or config.frontdoor_secret:
         app.before_request(require_own_identity)
     app.register_error_handler(ServerError, server_error)
     app.register_error_handler(HTTPException, http_error)

@@ -1,10 +1,10 @@
 """Server settings: one dataclass, read from the environment only at the entry point."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..envconfig import Env
+from ..envconfig import ConfigError, Env
 from ..tlsfiles import TlsFiles
 
 
@@ -28,6 +28,10 @@ class ServerConfig:
     stream_s: float = 300.0            # a stream ends after this long; the browser reconnects
     live_poll_s: float = 1.0           # how often a worker reads the registry's changes for its streams
     tls: TlsFiles | None = None        # FOTA_TLS_*: HTTPS with this certificate, MQTT over TLS as its identity
+    # FOTA_FRONTDOOR_SECRET_FILE (read only with TLS): TLS terminates at the front door, which
+    # vouches for the client's certificate with this secret (tlsauth.FrontDoorPeers); gunicorn then
+    # serves plain HTTP and the TLS files are for MQTT (and the CRL) only
+    frontdoor_secret: str = field(default="", repr=False)
     tls_crl: Path | None = None        # FOTA_TLS_CRL: client certificates on it are refused (re-read as it changes)
     ddi_tenant: str = "DEFAULT"        # hawkBit DDI: the tenant in /{tenant}/controller/v1/... (ddi.py)
     ddi_poll_s: int = 10               # DDI: config.polling.sleep told to every controller
@@ -62,6 +66,11 @@ class ServerConfig:
         return f"{self.ddi_poll_s // 3600:02d}:{self.ddi_poll_s // 60 % 60:02d}:{self.ddi_poll_s % 60:02d}"
 
     @property
+    def gunicorn_tls(self) -> bool:
+        """gunicorn terminates TLS itself: TLS files, and no front door in front that does."""
+        return self.tls is not None and not self.frontdoor_secret
+
+    @property
     def token_file(self) -> Path:
         return self.data_dir / "api-token"
 
@@ -70,24 +79,32 @@ class ServerConfig:
         """Every FOTA_* setting of the server, validated (a bad one is a ConfigError naming it)."""
         env = env or Env()
         d = cls()
-        return cls(releases_dir=env.path("FOTA_RELEASES_DIR", d.releases_dir),
-                   data_dir=env.path("FOTA_DATA_DIR", d.data_dir),
-                   default_release=env.text("FOTA_DEFAULT_RELEASE", d.default_release),
-                   bind=env.text("FOTA_SERVER_BIND", d.bind),
-                   workers=env.integer("FOTA_SERVER_WORKERS", d.workers, minimum=1),
-                   threads=env.integer("FOTA_SERVER_THREADS", d.threads, minimum=1),
-                   timeout=env.integer("FOTA_SERVER_TIMEOUT", d.timeout, minimum=1),
-                   keepalive=env.integer("FOTA_SERVER_KEEPALIVE", d.keepalive, minimum=0),
-                   mqtt_host=env.text("FOTA_MQTT_HOST", d.mqtt_host),
-                   mqtt_port=env.integer("FOTA_MQTT_PORT", d.mqtt_port, minimum=1, maximum=65535),
-                   mqtt_username=env.text("FOTA_MQTT_USERNAME", d.mqtt_username),
-                   mqtt_password=env.secret("FOTA_MQTT_PASSWORD"),
-                   mqtt_client_id=env.text("FOTA_MQTT_CLIENT_ID", d.mqtt_client_id),
-                   api_token=env.secret("FOTA_API_TOKEN"),
-                   tls=TlsFiles.from_env(env), tls_crl=env.optional_path("FOTA_TLS_CRL"),
-                   streams=env.integer("FOTA_SERVER_STREAMS", d.streams, minimum=0),
-                   ddi_tenant=env.text("FOTA_DDI_TENANT", d.ddi_tenant),
-                   ddi_poll_s=env.integer("FOTA_DDI_POLL_S", d.ddi_poll_s, minimum=1, maximum=24 * 3600 - 1),
-                   ddi_gateway_token=env.secret("FOTA_DDI_GATEWAY_TOKEN"),
-                   public_url=env.text("FOTA_PUBLIC_URL", d.public_url).rstrip("/"),
-                   download_log=env.optional_path("FOTA_DOWNLOAD_LOG"))
+        tls = TlsFiles.from_env(env)
+        config = cls(releases_dir=env.path("FOTA_RELEASES_DIR", d.releases_dir),
+                     data_dir=env.path("FOTA_DATA_DIR", d.data_dir),
+                     default_release=env.text("FOTA_DEFAULT_RELEASE", d.default_release),
+                     bind=env.text("FOTA_SERVER_BIND", d.bind),
+                     workers=env.integer("FOTA_SERVER_WORKERS", d.workers, minimum=1),
+                     threads=env.integer("FOTA_SERVER_THREADS", d.threads, minimum=1),
+                     timeout=env.integer("FOTA_SERVER_TIMEOUT", d.timeout, minimum=1),
+                     keepalive=env.integer("FOTA_SERVER_KEEPALIVE", d.keepalive, minimum=0),
+                     mqtt_host=env.text("FOTA_MQTT_HOST", d.mqtt_host),
+                     mqtt_port=env.integer("FOTA_MQTT_PORT", d.mqtt_port, minimum=1, maximum=65535),
+                     mqtt_username=env.text("FOTA_MQTT_USERNAME", d.mqtt_username),
+                     mqtt_password=env.secret("FOTA_MQTT_PASSWORD"),
+                     mqtt_client_id=env.text("FOTA_MQTT_CLIENT_ID", d.mqtt_client_id),
+                     api_token=env.secret("FOTA_API_TOKEN"),
+                     tls=tls, tls_crl=env.optional_path("FOTA_TLS_CRL"),
+                     streams=env.integer("FOTA_SERVER_STREAMS", d.streams, minimum=0),
+                     ddi_tenant=env.text("FOTA_DDI_TENANT", d.ddi_tenant),
+                     ddi_poll_s=env.integer("FOTA_DDI_POLL_S", d.ddi_poll_s, minimum=1, maximum=24 * 3600 - 1),
+                     ddi_gateway_token=env.secret("FOTA_DDI_GATEWAY_TOKEN"),
+                     public_url=env.text("FOTA_PUBLIC_URL", d.public_url).rstrip("/"),
+                     download_log=env.optional_path("FOTA_DOWNLOAD_LOG"),
+                     # without TLS files (no FOTA_TLS_CA, or FOTA_PLAINTEXT=1) the door vouches for no one
+                     frontdoor_secret=env.secret("FOTA_FRONTDOOR_SECRET") if tls else "")
+        secret_file = env.raw("FOTA_FRONTDOOR_SECRET_FILE")
+        if tls and (secret_file or config.frontdoor_secret) and len(config.frontdoor_secret) < 16:
+            raise ConfigError(f"the front door's secret ({secret_file or 'FOTA_FRONTDOOR_SECRET'}) is empty or shorter "
+                              "than 16 characters: mount the file fota-provision writes, the one the front door reads")
+        return config

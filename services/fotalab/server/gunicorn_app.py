@@ -26,7 +26,7 @@ from .ingest import Elector, start_ingestion
 from .live import close_all
 from .logs import JsonLogger
 from .registry import Registry
-from .tlsauth import PeerProtocol
+from .tlsauth import FrontDoorPeers, PeerProtocol
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3        # glibc <malloc.h>
 
@@ -72,8 +72,12 @@ class GunicornServer(BaseApplication):
                     # no gunicornc socket: every server on a host would share ~/.gunicorn/gunicorn.ctl
                     "control_socket_disable": True,
                     "post_worker_init": self._post_worker_init, "child_exit": self._child_exit}
-        if config.tls:
+        if config.gunicorn_tls:
             settings.update(self._tls_settings())
+        if config.frontdoor_secret:
+            # plain HTTP to the front door, whose word tlsauth.FrontDoorPeers checks by its secret: gunicorn
+            # must not believe an X-Forwarded-Proto by the peer's address (by default from 127.0.0.1)
+            settings["forwarded_allow_ips"] = ""
         for key, value in settings.items():
             self.cfg.set(key, value)
 
@@ -90,7 +94,9 @@ class GunicornServer(BaseApplication):
 
     def load(self):
         keep_block_memory()
-        return asgi_app(create_app(self._config), self._config.threads)
+        app = asgi_app(create_app(self._config), self._config.threads)
+        # the front door's TLS: the client certificate it verified, as gunicorn's own TLS would give it
+        return FrontDoorPeers(app, self._config.frontdoor_secret) if self._config.frontdoor_secret else app
 
     def _post_worker_init(self, worker) -> None:
         """Every worker competes for the ingest lock (ingest.py says why there), and for the

@@ -6,7 +6,14 @@ and the server's own tools present theirs), checked against the CRL the server s
 gunicorn's ASGI worker does not put the peer certificate in the ASGI scope, so `PeerProtocol`
 (its protocol with one method more) copies the verified certificate's CN and serial there.
 
-`ClientCertificates`, the outermost ASGI layer, refuses (403) a certificate revoked since the
+Or TLS terminates at the front door (nginx, frontdoor/: FOTA_FRONTDOOR_SECRET_FILE set): gunicorn
+serves plain HTTP, and `FrontDoorPeers`, outermost, takes the peer from the headers the door
+sets on every request it proxies (the verified certificate's CN and serial, X-Forwarded-Proto),
+but only when the request also carries the door's secret; otherwise it ignores them, so a client
+that reaches gunicorn directly and sets them itself is nobody. Below it all is as with gunicorn's
+TLS.
+
+`ClientCertificates`, the outer ASGI layer, refuses (403) a certificate revoked since the
 server started: it re-reads the CRL when the file changes, at most once a second, so a
 revocation takes effect within seconds on new and on kept-alive connections alike. It records
 the identity in the scope for Flask (`client_identity`).
@@ -20,6 +27,7 @@ The bearer token is only accepted over TLS (auth.token_problem's caller checks t
 """
 from __future__ import annotations
 
+import hmac
 import json
 import threading
 import time
@@ -41,6 +49,12 @@ DEVICE_QUERY = "device"
 WRITE_PREFIX = "/api/"
 DDI_PATH = ("controller", "v1")          # hawkBit DDI: /<tenant>/controller/v1/<controller id>/...
 CERTIFICATE_ENDPOINTS = frozenset({"api.manifest"})     # only a device asks these, and only with its certificate
+# what the front door sets on every request it proxies (frontdoor/nginxconf.py), whatever the client sent
+DOOR_SECRET = b"x-fota-frontdoor"
+DOOR_IDENTITY = b"x-fota-client-identity"
+DOOR_SERIAL = b"x-fota-client-serial"
+FORWARDED_PROTO = b"x-forwarded-proto"
+DOOR_HEADERS = frozenset({DOOR_SECRET, DOOR_IDENTITY, DOOR_SERIAL})
 
 
 class Forbidden(ServerError):
@@ -105,9 +119,50 @@ class Revocations:
         self._stamp = stamp
 
 
+class FrontDoorPeers:
+    """Outermost ASGI layer behind the front door: the peer and scheme the door vouches for (with
+    `secret`) go into the scope, as PeerProtocol puts a TLS socket's; the door's headers never go
+    further (the secret stays out of Flask, its logs and its errors)."""
+
+    def __init__(self, app: ASGIApp, secret: str) -> None:
+        self._app, self._secret = app, secret.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope = vouched(scope, self._secret)
+        await self._app(scope, receive, send)
+
+
+def vouched(scope: Scope, secret: bytes) -> Scope:
+    """`scope` without the door's headers; with the peer (identity, serial) and scheme they name
+    if they carry `secret` (each header once); otherwise with no peer, and http whatever a
+    scheme header said (gunicorn itself serves plain HTTP here)."""
+    door: dict[bytes, list[bytes]] = {}
+    kept = []
+    for name, value in scope.get("headers", ()):
+        if name.lower() in DOOR_HEADERS:
+            door.setdefault(name.lower(), []).append(value)
+        else:
+            kept.append((name, value))
+    scope = {**scope, "headers": kept, "scheme": "http"}      # what gunicorn itself speaks behind the door
+    scope.pop(PEER, None)
+    shown = door.get(DOOR_SECRET, [])
+    if len(shown) != 1 or not hmac.compare_digest(shown[0], secret) or \
+            any(len(values) > 1 for values in door.values()):
+        return scope
+    if [value for name, value in kept if name.lower() == FORWARDED_PROTO] == [b"https"]:
+        scope["scheme"] = "https"
+    identity, serial = door.get(DOOR_IDENTITY, [b""])[0], door.get(DOOR_SERIAL, [b""])[0]
+    try:
+        scope[PEER] = (identity.decode(), int(serial, 16)) if identity and serial else None
+    except (UnicodeDecodeError, ValueError):
+        scope[PEER] = None
+    return scope
+
+
 class ClientCertificates:
-    """Outermost ASGI layer: a revoked client certificate gets 403; a good one's identity goes
-    into the scope for the layers below (IDENTITY)."""
+    """Outermost ASGI layer (behind the front door, right under FrontDoorPeers): a revoked client
+    certificate gets 403; a good one's identity goes into the scope for the layers below (IDENTITY)."""
 
     def __init__(self, app: ASGIApp, crl: Path | None) -> None:
         self._app, self._revocations = app, Revocations(crl)
