@@ -15,8 +15,9 @@ Over HTTPS it verifies the server against the lab CA and presents the CLI's cert
 
 `fota device revoke <id>` puts the device's certificate on the lab CA's CRL (FOTA_CA_DIR: the
 provisioner's credentials directory, which holds the CA key) and denies its identity every
-topic in the broker's ACL; the server refuses it within seconds, the broker from its next
-reload (SIGHUP; locallab sends it). `fota device reprovision <id>` issues it a new certificate.
+topic in the broker's ACL. The compose lab's broker and front door reload as the CRL changes
+(within seconds) and the server re-reads it every second; elsewhere the broker applies it on
+SIGHUP. `fota device reprovision <id>` issues it a new certificate.
 Both are recorded in the device's history.
 """
 from __future__ import annotations
@@ -33,7 +34,7 @@ import requests
 
 from .envconfig import ConfigError, Env
 from .protocol import Event, Outcome, RolloutStatus
-from .tlsfiles import TlsFiles
+from .tlsfiles import TlsFiles, server_url
 
 BAR = 24
 QUIET_FIELDS = {"ts", "event", "device", "hardware", "image_sha256", "security_counter", "verified", "confirmed"}
@@ -55,7 +56,8 @@ class CliConfig:
     @classmethod
     def from_env(cls, env: Env | None = None) -> CliConfig:
         env = env or Env()
-        return cls(server_url=env.text("FOTA_SERVER_URL", cls.server_url), api_token=env.secret("FOTA_API_TOKEN"),
+        return cls(server_url=server_url(env, "FOTA_SERVER_URL", cls.server_url),
+                   api_token=env.secret("FOTA_API_TOKEN"),
                    tls=TlsFiles.from_env(env), ca_dir=env.optional_path("FOTA_CA_DIR"))
 
 
@@ -228,8 +230,8 @@ def certificate(action: str, device_id: str, api: Api, ca_dir: Path | None) -> t
         raise CliError(str(exc.args[0])) from None
     write_acl(ca_dir)
     recorded = api.call("POST", f"/devices/{device_id}/certificate", {"event": event, "serial": f"{serial:x}"})
-    text = (f"revoked {device_id}'s certificate (serial {serial:x}): the server refuses it within seconds, the "
-            "broker from its next reload" if action == "revoke" else
+    text = (f"revoked {device_id}'s certificate (serial {serial:x}): the server and the broker refuse it from "
+            "their next reload of the CRL (the compose lab's reload within seconds)" if action == "revoke" else
             f"issued {device_id} a new certificate (serial {serial:x}) in {ca.identity(device_id).directory}")
     return recorded, text
 

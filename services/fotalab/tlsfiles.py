@@ -5,6 +5,9 @@ Shared by the device, the server, the lab's tools and the CLI (like protocol.py,
 no room). A verified peer's identity is its certificate's Common Name, as the broker's
 use_identity_as_username has it. Every failure to load a file names the file and says what to
 do: most often, provision the identity again (fota-provision).
+
+FOTA_PLAINTEXT=1 is the lab without TLS (the attack workshop, docs/labs/05-attacks.md): every
+side then ignores its TLS files, talks to the broker's plain port and to the server over http.
 """
 from __future__ import annotations
 
@@ -14,6 +17,8 @@ from pathlib import Path
 
 from .envconfig import ConfigError, Env
 
+PLAINTEXT = "FOTA_PLAINTEXT"
+MQTT_PORT, MQTTS_PORT = 1883, 8883
 FIX = "re-provision the lab's credentials (fota-provision, or `scripts/lab up`), or point {var} at the right file"
 
 
@@ -26,8 +31,11 @@ class TlsFiles:
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> TlsFiles | None:
-        """FOTA_TLS_CA (+ FOTA_TLS_CERT, FOTA_TLS_KEY), or None when FOTA_TLS_CA is unset (plaintext)."""
+        """FOTA_TLS_CA (+ FOTA_TLS_CERT, FOTA_TLS_KEY), or None when FOTA_TLS_CA is unset or
+        FOTA_PLAINTEXT is set (plaintext)."""
         env = env or Env()
+        if env.flag(PLAINTEXT, False):
+            return None
         ca = env.optional_path("FOTA_TLS_CA")
         cert, key = env.optional_path("FOTA_TLS_CERT"), env.optional_path("FOTA_TLS_KEY")
         if ca is None:
@@ -86,6 +94,18 @@ class TlsFiles:
             except (OSError, ssl.SSLError) as exc:
                 raise TlsSetupError(f"certificate {self.cert} with key {self.key}: cannot load them ({exc}); "
                                     + FIX.format(var="FOTA_TLS_CERT/FOTA_TLS_KEY")) from None
+
+
+def mqtt_port(env: Env, tls: TlsFiles | None) -> int:
+    """FOTA_MQTT_PORT, by default the broker's TLS port with TLS files and its plain one without."""
+    return env.integer("FOTA_MQTT_PORT", MQTTS_PORT if tls else MQTT_PORT, minimum=1, maximum=65535)
+
+
+def server_url(env: Env, name: str, default: str) -> str:
+    """A server URL setting; under FOTA_PLAINTEXT an https:// one is used as http://, so one compose
+    file serves both labs."""
+    url = env.text(name, default)
+    return "http://" + url.removeprefix("https://") if env.flag(PLAINTEXT, False) else url
 
 
 class TlsSetupError(ConfigError):

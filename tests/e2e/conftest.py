@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 
 from fotalab.lab.composelab import ComposeLab, docker_problem
-from fotalab.lab.fleetwatch import FleetWatcher
+from fotalab.lab.labaccess import LabAccess, reach
 from fotalab.lab.locallab import free_port
-from fotalab.lab.provision import SERVER
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
@@ -82,7 +81,7 @@ def running_lab() -> Callable[..., AbstractContextManager[ComposeLab]]:
 @pytest.fixture(scope="session")
 def compose_lab(docker_engine):
     lab = ComposeLab(f"fotalab-e2e-{uuid.uuid4().hex[:6]}", REPO, {
-        "MQTT_PORT": str(free_port()), "SERVER_PORT": str(free_port()),
+        **published_ports(),
         # a slow link (NB-IoT-like) so a download lasts long enough to be cut by `docker kill`
         "FOTA_RADIO_KBPS": os.environ.get("FOTA_E2E_RADIO_KBPS", "4"),
         "FOTA_CHUNK_SIZE": "1024"})
@@ -90,11 +89,51 @@ def compose_lab(docker_engine):
         yield started
 
 
+def published_ports() -> dict[str, str]:
+    """Free ports on this machine for a compose lab's broker (plain and TLS) and front door."""
+    return {name: str(free_port()) for name in ("MQTT_PORT", "MQTTS_PORT", "SERVER_PORT")}
+
+
+def access(lab: ComposeLab, directory: Path) -> LabAccess:
+    """How a test reaches a compose lab started with published_ports(): over TLS as its server."""
+    return reach(lab, "127.0.0.1", int(lab.env["SERVER_PORT"]), int(lab.env["MQTT_PORT"]), int(lab.env["MQTTS_PORT"]),
+                 directory)
+
+
+@pytest.fixture(scope="session")
+def lab_ports() -> Callable[[], dict[str, str]]:
+    """What picks free published ports for a test's own compose lab."""
+    return published_ports
+
+
+@pytest.fixture(scope="session")
+def reach_lab(tmp_path_factory) -> Callable[[ComposeLab], LabAccess]:
+    """What reaches a test's own compose lab (its server's identity in a temporary directory)."""
+    return lambda lab: access(lab, tmp_path_factory.mktemp("lab-identity"))
+
+
+@pytest.fixture(scope="session")
+def lab_access(compose_lab, reach_lab) -> LabAccess:
+    return reach_lab(compose_lab)
+
+
+@pytest.fixture(scope="session")
+def server_url(lab_access) -> str:
+    """The lab's front door, as https://127.0.0.1:<SERVER_PORT>."""
+    return lab_access.server_url
+
+
+@pytest.fixture(scope="session")
+def http(lab_access):
+    """A requests session that trusts the lab CA and presents the server's certificate."""
+    with lab_access.session() as session:
+        yield session
+
+
 @pytest.fixture
-def fleet(compose_lab):
+def fleet(lab_access):
     """The fleet over MQTT, seen with the server's identity (the one that may send commands)."""
-    password = compose_lab.read_file("server", f"/credentials/{SERVER}.password")
-    with FleetWatcher("127.0.0.1", int(compose_lab.env["MQTT_PORT"]), username=SERVER, password=password) as watcher:
+    with lab_access.watcher() as watcher:
         yield watcher
 
 

@@ -6,14 +6,18 @@ counts, and a live change redraws only its own row. Screenshots of each step are
 test-artifacts/screenshots/."""
 from __future__ import annotations
 
+import base64
+import hashlib
 import importlib.util
 import os
 import shutil
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from fotalab.protocol import State
 from fotalab.server.registry import Registry
@@ -35,17 +39,17 @@ def browser_problem() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def chromium(require) -> Iterator[object]:
+@contextmanager
+def headless_chromium(*arguments: str) -> Iterator[object]:
     """Headless Chromium at 1400x1000, driven through Debian's chromedriver (never downloaded)."""
-    require(browser_problem())
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     os.environ["SE_OFFLINE"] = "true"             # Selenium Manager must not try to fetch anything
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000",
+                     *arguments):
         options.add_argument(argument)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(30)
@@ -56,17 +60,41 @@ def chromium(require) -> Iterator[object]:
         driver.quit()
 
 
+@pytest.fixture(scope="module")
+def chromium(require) -> Iterator[object]:
+    require(browser_problem())
+    with headless_chromium() as driver:
+        yield driver
+
+
+def spki_pin(certificate_pem: str) -> str:
+    """Chromium's pin of a certificate: base64 of the SHA-256 of its public key (SPKI, DER)."""
+    key = x509.load_pem_x509_certificate(certificate_pem.encode()).public_key()
+    spki = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+
+
+@pytest.fixture(scope="module")
+def lab_chromium(require, compose_lab) -> Iterator[object]:
+    """Chromium that trusts the lab's front door: its certificate's key pinned, as a user accepts the
+    lab CA's certificate once (Chromium has no option to add an authority; the pin admits this key only)."""
+    require(browser_problem())
+    pin = spki_pin(compose_lab.read_file("frontdoor", "/credentials/fota-frontdoor/cert.pem"))
+    with headless_chromium(f"--ignore-certificate-errors-spki-list={pin}") as driver:
+        yield driver
+
+
 @pytest.fixture
-def dashboard(compose_lab, chromium, call_failed, request):
-    """The browser on the lab's dashboard, read-only (no token); a screenshot is saved if the test fails."""
-    chromium.get(f"http://127.0.0.1:{compose_lab.env['SERVER_PORT']}/")
-    chromium.execute_script("localStorage.clear()")
-    chromium.refresh()
-    wait_until(chromium, lambda d: d.find_element("css selector", "body").get_attribute("data-live") == "connected",
+def dashboard(server_url, lab_chromium, call_failed, request):
+    """The browser on the lab's dashboard over HTTPS, read-only (no token); a screenshot is saved if the test fails."""
+    lab_chromium.get(f"{server_url}/")
+    lab_chromium.execute_script("localStorage.clear()")
+    lab_chromium.refresh()
+    wait_until(lab_chromium, lambda d: d.find_element("css selector", "body").get_attribute("data-live") == "connected",
                30, "the dashboard's live stream connected")
-    yield chromium
+    yield lab_chromium
     if call_failed():
-        chromium.save_screenshot(str(SCREENSHOTS / f"failed-{request.node.name}.png"))
+        lab_chromium.save_screenshot(str(SCREENSHOTS / f"failed-{request.node.name}.png"))
 
 
 def wait_until(driver, check: Callable[[object], object], timeout: float, what: str):
@@ -204,7 +232,7 @@ def test_killed_device_goes_offline_and_comes_back(compose_lab, dashboard):
     dashboard.save_screenshot(str(SCREENSHOTS / "05-device-back-online.png"))
 
 
-def test_rollout_started_from_the_page_reaches_the_fleet(compose_lab, factory_fleet, dashboard):
+def test_rollout_started_from_the_page_reaches_the_fleet(compose_lab, factory_fleet, dashboard, http, server_url):
     devices = factory_fleet()
     start = dashboard.find_element("css selector", "#rollout-start")
     assert dashboard.find_element("css selector", "body").get_attribute("data-auth") == "read-only"
@@ -222,12 +250,12 @@ def test_rollout_started_from_the_page_reaches_the_fleet(compose_lab, factory_fl
     phases = form.find_element("css selector", 'input[name="phases"]')
     phases.clear()
     phases.send_keys("1,100%")
-    base = f"http://127.0.0.1:{compose_lab.env['SERVER_PORT']}"
-    before = {r["id"] for r in requests.get(f"{base}/api/v1/rollouts", timeout=5).json()["rollouts"]}
+    base = server_url
+    before = {r["id"] for r in http.get(f"{base}/api/v1/rollouts", timeout=5).json()["rollouts"]}
     dashboard.find_element("css selector", "#rollout-start").click()
 
     def created(_driver) -> dict | None:
-        listed = requests.get(f"{base}/api/v1/rollouts", timeout=5).json()["rollouts"]
+        listed = http.get(f"{base}/api/v1/rollouts", timeout=5).json()["rollouts"]
         new = [r for r in listed if r["id"] not in before]
         return new[0] if new else None
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-import requests
 
 pytestmark = pytest.mark.e2e
 
@@ -13,12 +12,12 @@ pytestmark = pytest.mark.e2e
 PHASES_TO_CUT = {"device-1": "downloading", "device-2": "installing", "device-3": "trial"}
 
 
-def test_seed_routes_serve_the_signed_release(compose_lab):
-    base = f"http://127.0.0.1:{compose_lab.env['SERVER_PORT']}"
-    assert requests.get(f"{base}/healthz", timeout=5).json()["status"] == "ok"
-    delta = requests.get(f"{base}/updates/v1_to_v2.delta", timeout=5)
-    image = requests.get(f"{base}/updates/v2.bin", timeout=5)
-    digest = requests.get(f"{base}/hash/v2.sha256", timeout=5).text.split()[0]
+def test_seed_routes_serve_the_signed_release(http, server_url):
+    base = server_url
+    assert http.get(f"{base}/healthz", timeout=5).json()["status"] == "ok"
+    delta = http.get(f"{base}/updates/v1_to_v2.delta", timeout=5)
+    image = http.get(f"{base}/updates/v2.bin", timeout=5)
+    digest = http.get(f"{base}/hash/v2.sha256", timeout=5).text.split()[0]
     assert hashlib.sha256(image.content).hexdigest() == digest
     assert len(delta.content) * 10 < len(image.content)     # a realistic edit: the delta is small
 

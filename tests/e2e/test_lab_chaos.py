@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -17,12 +18,11 @@ REPO = Path(__file__).resolve().parents[2]
 def test_chaos_campaign_of_twenty_kills_bricks_nothing_and_converges(compose_lab):
     report = REPO / "test-artifacts" / "chaos-report.json"
     report.parent.mkdir(exist_ok=True)
+    # the lab's published ports in the environment, as a user's shell has them: chaos reaches it over TLS
     done = subprocess.run([sys.executable, str(REPO / "scripts" / "chaos"), "--project", compose_lab.project,
-                           "--mqtt-port", compose_lab.env["MQTT_PORT"],
-                           "--server-url", f"http://127.0.0.1:{compose_lab.env['SERVER_PORT']}",
                            "--kills", "20", "--seed", "7",
                            "--gap", "0.5", "2.0", "--reset-waves", "--report", str(report)],
-                          capture_output=True, text=True, timeout=600, cwd=REPO)
+                          capture_output=True, text=True, timeout=600, cwd=REPO, env={**os.environ, **compose_lab.env})
     print(done.stdout[-3000:], done.stderr[-2000:])
     last = done.stdout.strip().splitlines()[-1]
     match = re.fullmatch(r"chaos: (\d+) kills on (\d+) devices: (\d+) bricked, (\d+)/(\d+) converged, "

@@ -2,7 +2,7 @@
 repository root, and show the output they promise (markup: tests/labpages.py).
 
 The pages' plain `docker compose ...` commands reach a lab of this test's own: its project name
-and ports are in the environment (COMPOSE_PROJECT_NAME, SERVER_PORT, MQTT_PORT), and TMPDIR is
+and ports are in the environment (COMPOSE_PROJECT_NAME, SERVER_PORT, MQTT_PORT, MQTTS_PORT), and TMPDIR is
 a directory of its own. Each page's lab logs (<page>.log) and what each of its blocks printed
 (<page>.out) go to test-artifacts/<project>/, and the lab is torn down afterwards, on failure too.
 """
@@ -31,7 +31,7 @@ def student_environment(project: str, tmp: Path) -> dict[str, str]:
     the name, ports and temporary directory of this test's lab."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FOTA_", "COMPOSE_"))}
     return {**env, "COMPOSE_PROJECT_NAME": project, "SERVER_PORT": str(free_port()),
-            "MQTT_PORT": str(free_port()), "TMPDIR": str(tmp)}
+            "MQTT_PORT": str(free_port()), "MQTTS_PORT": str(free_port()), "TMPDIR": str(tmp)}
 
 
 @pytest.fixture(scope="module")

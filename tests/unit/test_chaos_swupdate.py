@@ -73,10 +73,10 @@ def server(monkeypatch):
     record = {"state": State.COMMITTED, "version": "2.0.0"}
     history = [{"event": Event.COMMITTED, "payload": {"version": "2.0.0"}}]
 
-    def get(url, params=None, timeout=None):
+    def get(session, url, params=None, timeout=None):
         body = {"events": history} if url.endswith("/history") else record
         return SimpleNamespace(json=lambda: body)
-    monkeypatch.setattr(swfleet.requests, "get", get)
+    monkeypatch.setattr(swfleet.requests.Session, "get", get)
     monkeypatch.setattr(swfleet.time, "sleep", lambda s: None)
     return record
 
@@ -101,7 +101,8 @@ def test_the_verdict_bricked_converged_or_not(server, monkeypatch):
 
 def test_a_campaign_cuts_the_devices_it_is_told_to_and_judges_them_all():
     lab, watcher = FakeLab(), SimpleNamespace(states={}, events={})
-    args = dict(server_url="http://server.invalid", target="2.0.0", kills=1, seed=1, off_s=(1, 2), gap_s=(1, 2),
+    args = dict(server_url="http://server.invalid", http=None, target="2.0.0", kills=1, seed=1, off_s=(1, 2),
+                gap_s=(1, 2),
                 reset_waves=True)
     only_sw = chaos.Campaign(lab, watcher, **args, which="swupdate")
     assert only_sw.targets == ["swupdate-1", "swupdate-2"] and len(only_sw.devices) == 4

@@ -125,3 +125,43 @@ def test_fota_provision_tls_makes_the_ca_and_keeps_it(tmp_path, capsys):
     assert (tmp_path / "device-1" / "cert.pem").read_bytes() == first
     assert main(["--directory", str(tmp_path / "plain"), "--fleet-size", "1"]) == 0
     assert not (tmp_path / "plain" / "ca-private").exists()
+
+
+def test_the_broker_listens_for_tls_only_unless_the_plaintext_lab_is_asked_for(tmp_path, monkeypatch, capsys):
+    from fotalab.lab.provision import main
+    listeners = tmp_path / "listeners" / "lab.conf"
+    assert main(["--directory", str(tmp_path), "--fleet-size", "1", "--tls"]) == 0
+    text = listeners.read_text()
+    assert "listener 8883" in text and "require_certificate true" in text and "listener 1883" not in text
+    assert "crlfile /mosquitto/credentials/tls-server/crl.pem" in text
+    monkeypatch.setenv("FOTA_PLAINTEXT", "1")
+    assert main(["--directory", str(tmp_path), "--fleet-size", "1", "--tls"]) == 0
+    assert "listener 1883" in listeners.read_text() and "listener 8883" in listeners.read_text()
+    monkeypatch.delenv("FOTA_PLAINTEXT")
+    assert main(["--directory", str(tmp_path / "plain"), "--fleet-size", "1"]) == 0
+    assert "listener 1883" in (tmp_path / "plain" / "listeners" / "lab.conf").read_text()
+    assert "listener 8883" not in (tmp_path / "plain" / "listeners" / "lab.conf").read_text()
+
+
+def test_each_identity_keeps_its_password_beside_its_certificate_and_the_front_door_secret_is_kept(tmp_path):
+    from fotalab.lab.provision import FRONTDOOR_SECRET, main
+    assert main(["--directory", str(tmp_path), "--fleet-size", "1", "--tls"]) == 0
+    device = tmp_path / "device-1"
+    assert {p.name for p in device.iterdir()} >= {"password", "ca.pem", "cert.pem", "key.pem"}
+    assert stat.S_IMODE((device / "password").stat().st_mode) == 0o600
+    secret = (tmp_path / FRONTDOOR_SECRET).read_text()
+    assert len(secret.strip()) >= 32 and stat.S_IMODE((tmp_path / FRONTDOOR_SECRET).stat().st_mode) == 0o600
+    assert main(["--directory", str(tmp_path), "--fleet-size", "1", "--tls"]) == 0
+    assert (tmp_path / FRONTDOOR_SECRET).read_text() == secret
+    assert (tmp_path / "passwd").read_text().startswith("device-1:$7$")
+
+
+def test_a_server_certificate_without_a_name_the_lab_now_serves_is_issued_again(tmp_path):
+    ca = LabCA(tmp_path)
+    ca.ensure_identities(["fota-server"], server_sans=("server", "localhost"))
+    old = cert(ca.identity("fota-server").cert)
+    assert ca.ensure_identities(["fota-server"]) == ["tls-server", "fota-server"]     # both serve TLS
+    names = cert(ca.identity("fota-server").cert).extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    assert "frontdoor" in names.value.get_values_for_type(x509.DNSName)
+    assert cert(ca.identity("fota-server").cert).serial_number != old.serial_number
+    assert ca.ensure_identities(["fota-server"]) == []

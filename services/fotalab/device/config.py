@@ -7,16 +7,15 @@ from pathlib import Path
 
 from ..envconfig import Env
 from ..protocol import ResetReason
-from ..tlsfiles import TlsFiles
+from ..tlsfiles import TlsFiles, mqtt_port, server_url
 from .flash import FaultPlan
 
 # Variables renamed, current name -> the old one users may still set.
 RENAMED = {"FOTA_RADIO_KBPS": "FOTA_LINK_KBPS"}   # the device's radio, not the link proxy (FOTA_LINK_*)
 
 
-def provisioned_password(credentials_dir: Path, username: str) -> str:
+def provisioned_password(path: Path) -> str:
     """The password the lab's provisioner made for this device, if it made one."""
-    path = credentials_dir / f"{username}.password"
     return path.read_text().strip() if path.exists() else ""
 
 
@@ -74,6 +73,9 @@ class DeviceConfig:
         d = cls(device_id="")
         device_id = env.text("FOTA_DEVICE_ID", socket.gethostname())
         username = env.text("FOTA_MQTT_USERNAME", device_id)
+        tls = TlsFiles.from_env(env)
+        password_file = env.optional_path("FOTA_MQTT_PASSWORD_FILE") or \
+            env.path("FOTA_CREDENTIALS_DIR", "/credentials") / username / "password"
         return cls(
             device_id=device_id,
             hardware=env.text("FOTA_HARDWARE", d.hardware),
@@ -81,12 +83,11 @@ class DeviceConfig:
             flash_dir=env.path("FOTA_FLASH_DIR", d.flash_dir),
             factory_dir=env.path("FOTA_FACTORY_DIR", d.factory_dir),
             mqtt_host=env.text("FOTA_MQTT_HOST", d.mqtt_host),
-            mqtt_port=env.integer("FOTA_MQTT_PORT", d.mqtt_port, minimum=1, maximum=65535),
+            mqtt_port=mqtt_port(env, tls),
             mqtt_username=username,
-            mqtt_password=env.secret("FOTA_MQTT_PASSWORD") or provisioned_password(
-                env.path("FOTA_CREDENTIALS_DIR", "/credentials"), username),
-            server_url=env.text("FOTA_SERVER_URL", d.server_url),
-            tls=TlsFiles.from_env(env),
+            mqtt_password=env.secret("FOTA_MQTT_PASSWORD") or provisioned_password(password_file),
+            server_url=server_url(env, "FOTA_SERVER_URL", d.server_url),
+            tls=tls,
             boot_limit=env.integer("FOTA_BOOT_LIMIT", d.boot_limit, minimum=1),
             power_cut_limit=env.integer("FOTA_POWER_CUT_LIMIT", d.power_cut_limit, minimum=1),
             watchdog_s=env.number("FOTA_WATCHDOG_S", d.watchdog_s, minimum=0.1),

@@ -32,6 +32,7 @@ from ..formats.image import Behaviour
 from ..formats.signing import Verifier
 from ..formats.swu import GRUBENV_PATH, HARDWARE_REVISION, SELECTION, SLOTS, EnvKey, UState, other_slot
 from ..protocol import ResetReason
+from ..tlsfiles import TlsFiles, server_url
 from . import swboot
 
 CRASH_EXIT = 70
@@ -47,6 +48,7 @@ class SwDeviceConfig:
     flash_expire_s: float = 30.0               # lazyfs flushes data held longer (Linux's dirty_expire)
     factory_dir: Path = Path("/releases/factory")
     ddi_url: str = "http://link:8000"          # the hawkBit DDI server SWUpdate's suricatta polls
+    tls: TlsFiles | None = None                # FOTA_TLS_*: the lab CA verifies the server, the certificate is ours
     ddi_tenant: str = "DEFAULT"
     ddi_target_token: str = ""                 # the controller's TargetToken (`fota controllers add`); "": none
     ddi_poll_s: int = 10
@@ -60,6 +62,11 @@ class SwDeviceConfig:
     swupdate_loglevel: int = 5
     grubenv_link: Path = Path(GRUBENV_PATH).parent
     supervisor_pid: int | None = None          # the reboot command signals it
+
+    @property
+    def settings_file(self) -> Path:
+        """swupdate's configuration file (-f), written at each boot: what its command line cannot say."""
+        return Path(f"/tmp/fota-swupdate-{self.device_id}.cfg")
 
     @property
     def running_file(self) -> Path:
@@ -77,7 +84,8 @@ class SwDeviceConfig:
             flash_backing=env.optional_path("FOTA_FLASH_BACKING"),
             flash_expire_s=env.number("FOTA_FLASH_EXPIRE_S", d.flash_expire_s, minimum=0),
             factory_dir=env.path("FOTA_FACTORY_DIR", d.factory_dir),
-            ddi_url=env.text("FOTA_DDI_URL", d.ddi_url),
+            ddi_url=server_url(env, "FOTA_DDI_URL", d.ddi_url),
+            tls=TlsFiles.from_env(env),
             ddi_tenant=env.text("FOTA_DDI_TENANT", d.ddi_tenant),
             ddi_target_token=env.secret("FOTA_DDI_TARGET_TOKEN"),
             ddi_poll_s=env.integer("FOTA_DDI_POLL_S", d.ddi_poll_s, minimum=1),
@@ -192,11 +200,22 @@ def supervise(config: SwDeviceConfig) -> int:
 
 
 # ---------------------------------------------------------------- firmware
+def swupdate_settings(config: SwDeviceConfig) -> str:
+    """The suricatta section of swupdate's configuration (libconfig): its TLS files, which have no
+    command-line options; the command line's settings override the rest."""
+    if config.tls is None:
+        return ""
+    files = {"cafile": config.tls.ca, "sslcert": config.tls.cert, "sslkey": config.tls.key}
+    lines = [f'    {name} = "{path}";' for name, path in files.items() if path is not None]
+    return "suricatta :\n{\n" + "\n".join(lines) + "\n};\n"
+
+
 def swupdate_command(config: SwDeviceConfig, slot: str) -> list[str]:
     suricatta = (f"-t {config.ddi_tenant} -u {config.ddi_url} -i {config.device_id} -p {config.ddi_poll_s} "
                  f"-r {config.ddi_retries} -w {config.ddi_retry_wait_s}"
                  + (f" -k {config.ddi_target_token}" if config.ddi_target_token else ""))
-    return [config.swupdate, "-B", "grub", "-l", str(config.swupdate_loglevel),
+    settings = ["-f", str(config.settings_file)] if config.tls else []
+    return [config.swupdate, *settings, "-B", "grub", "-l", str(config.swupdate_loglevel),
             "-H", f"{config.hardware}:{HARDWARE_REVISION}", "-k", str(config.flash_dir / swboot.SWU_CERT),
             "-e", f"{SELECTION},copy-{other_slot(slot)}",
             "-p", f"{sys.executable} -m fotalab.device.swdevice reboot", "-u", suricatta]
@@ -221,6 +240,8 @@ def firmware(config: SwDeviceConfig, slot: str, trial: bool) -> int:
         time.sleep(config.trial_soak_s)               # the self-test: stay up this long
         log.info("firmware %s: %s", header.version, swboot.confirm(config.flash_dir))
         config.running_file.write_text(json.dumps({"slot": slot, "version": header.version, "trial": False}))
+    if config.tls:
+        config.settings_file.write_text(swupdate_settings(config))
     command = swupdate_command(config, slot)
     log.info("firmware %s: starting SWUpdate: %s", header.version, " ".join(command))
     sys.stdout.flush()

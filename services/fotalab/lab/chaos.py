@@ -35,19 +35,22 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
+
+import requests
 
 from ..formats.image import parse_version
 from ..protocol import SUCCESS_STATES, Command, Event, State
 from . import swarmlab
 from .composelab import ComposeLab
 from .fleetwatch import FleetWatcher
-from .provision import SERVER
+from .labaccess import LabAccess, reach, reach_plaintext
 from .serverrecord import last_commit, until_server_agrees
 from .swfleet import SwFleet, is_swdevice
 
@@ -83,11 +86,12 @@ def p99(values: list[float]) -> float:
 
 
 class Campaign:
-    def __init__(self, lab: Lab, watcher: FleetWatcher, *, server_url: str, target: str, kills: int,
-                 seed: int, off_s: tuple[float, float], gap_s: tuple[float, float], reset_waves: bool,
+    def __init__(self, lab: Lab, watcher: FleetWatcher, *, server_url: str, http: requests.Session, target: str,
+                 kills: int, seed: int, off_s: tuple[float, float], gap_s: tuple[float, float], reset_waves: bool,
                  infra_share: float = 0.0, which: str = "all", aim: bool = False, sw: SwFleet | None = None,
                  devices: list[str] | None = None) -> None:
         self.lab, self.watcher, self.server_url, self.target, self.quota = lab, watcher, server_url, target, kills
+        self.http = http
         self.rng = random.Random(seed)
         self.off_s, self.gap_s, self.reset_waves, self.infra_share = off_s, gap_s, reset_waves, infra_share
         self.devices = devices if devices is not None else lab.device_containers()
@@ -306,7 +310,7 @@ class Campaign:
             if committed and committed != running["version"]:
                 problems.append(f"server history's last commit is {committed}, the flash runs {running['version']}")
             return problems
-        return until_server_agrees(self.server_url, device, check, within_s=15)
+        return until_server_agrees(self.server_url, device, check, within_s=15, http=self.http)
 
 
 class Lab(Protocol):
@@ -372,8 +376,9 @@ def parser(prog: str = "chaos", doc: str | None = __doc__) -> argparse.ArgumentP
     return parser
 
 
-def pick_lab(args: argparse.Namespace) -> tuple[Lab, str, str, int]:
-    """The lab to campaign against, its server URL and its broker (host, port)."""
+def pick_lab(args: argparse.Namespace, identity_dir: Path) -> tuple[Lab, LabAccess]:
+    """The lab to campaign against and how to reach it (over TLS with the server's identity,
+    copied into `identity_dir`, when the lab runs TLS)."""
     env = os.environ
     stack = args.stack
     if not stack:
@@ -382,22 +387,20 @@ def pick_lab(args: argparse.Namespace) -> tuple[Lab, str, str, int]:
         if len(running) == 1 and not os.environ.get("COMPOSE_PROJECT_NAME"):
             stack = running[0]
         else:
-            port = int(env.get("MQTT_PORT") or 1883) if args.mqtt_port is None else args.mqtt_port
-            url = args.server_url or f"http://127.0.0.1:{env.get('SERVER_PORT') or 8000}"
-            return lab, url, "127.0.0.1", port
+            access = reach(lab, "127.0.0.1", int(env.get("SERVER_PORT") or 8000), int(env.get("MQTT_PORT") or 1883),
+                           int(env.get("MQTTS_PORT") or 8883), identity_dir)
+            return lab, replace(access, server_url=args.server_url or access.server_url,
+                                mqtt_port=access.mqtt_port if args.mqtt_port is None else args.mqtt_port)
     swarm = swarmlab.SwarmLab(stack)
     port = int(env.get("STACK_MQTT_PORT") or 11883) if args.mqtt_port is None else args.mqtt_port
     url = args.server_url or f"http://{swarm.endpoint('frontdoor', int(env.get('STACK_SERVER_PORT') or 18800))}"
-    return swarm, url, swarm.endpoint("mosquitto", port).rsplit(":", 1)[0], port
+    return swarm, reach_plaintext(swarm, url, swarm.endpoint("mosquitto", port).rsplit(":", 1)[0], port)
 
 
-def execute(lab: Lab, args: argparse.Namespace, server_url: str, mqtt_host: str, mqtt_port: int,
+def execute(lab: Lab, args: argparse.Namespace, access: LabAccess,
             during: Callable[[Campaign], None] | None = None) -> Outcome:
     """Run the campaign (`during` runs beside it, e.g. node kills), write the report, print the table."""
-    try:
-        password = lab.read_file("server", f"/credentials/{SERVER}.password")
-    except (subprocess.CalledProcessError, LookupError):
-        password = ""
+    server_url, http = access.server_url, access.session()
     started = time.time()
     devices = lab.device_containers()
     sw_devices = [d for d in devices if is_swdevice(d)]
@@ -407,12 +410,12 @@ def execute(lab: Lab, args: argparse.Namespace, server_url: str, mqtt_host: str,
             token = lab.read_file("server", "/var/lib/fotalab/api-token")
         except (subprocess.CalledProcessError, LookupError):
             print("chaos: cannot read the server's API token: SWUpdate devices will not be hinted", file=sys.stderr)
-    sw = SwFleet(lab, sw_devices, server_url, token) if sw_devices else None     # type: ignore[arg-type]
-    with FleetWatcher(mqtt_host, mqtt_port, username=SERVER, password=password) as watcher:
+    sw = SwFleet(lab, sw_devices, server_url, token, http) if sw_devices else None     # type: ignore[arg-type]
+    with access.watcher() as watcher:
         if sw:
             sw.__enter__()
         time.sleep(1.0)     # retained states arrive
-        campaign = Campaign(lab, watcher, server_url=server_url, target=args.target, kills=args.kills,
+        campaign = Campaign(lab, watcher, server_url=server_url, http=http, target=args.target, kills=args.kills,
                             seed=args.seed, off_s=tuple(args.off), gap_s=tuple(args.gap), reset_waves=args.reset_waves,
                             infra_share=args.infra, which=getattr(args, "cut", "all"),
                             aim=getattr(args, "aim", False), sw=sw, devices=devices)
@@ -466,13 +469,14 @@ def execute(lab: Lab, args: argparse.Namespace, server_url: str, mqtt_host: str,
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    lab, server_url, mqtt_host, mqtt_port = pick_lab(args)
-    devices = lab.device_containers()
-    if not devices:
-        print(f"chaos: no device containers in compose project {args.project!r} nor in a Swarm stack: start "
-              "the lab first (scripts/lab up, or scripts/stack up)", file=sys.stderr)
-        return 2
-    outcome = execute(lab, args, server_url, mqtt_host, mqtt_port)
+    with tempfile.TemporaryDirectory(prefix="fotalab-chaos-") as identity_dir:
+        lab, access = pick_lab(args, Path(identity_dir))
+        devices = lab.device_containers()
+        if not devices:
+            print(f"chaos: no device containers in compose project {args.project!r} nor in a Swarm stack: start "
+                  "the lab first (scripts/lab up, or scripts/stack up)", file=sys.stderr)
+            return 2
+        outcome = execute(lab, args, access)
     recoveries = [k.recovery_s for k in outcome.campaign.kills if k.recovery_s is not None]
     print(f"chaos: {len(outcome.campaign.kills)} kills on {len(devices)} devices: {outcome.bricked} bricked, "
           f"{outcome.converged}/{len(devices)} converged, recovery p99 {p99(recoveries):.1f} s")

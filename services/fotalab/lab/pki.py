@@ -43,8 +43,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 TLS_SERVER = "tls-server"        # the broker's certificate
 UPDATE_SERVER = "fota-server"    # the update server: its HTTPS certificate and its MQTT identity
+FRONTDOOR = "fota-frontdoor"     # the front door (nginx): the HTTPS certificate devices and browsers see
 CLI = "fota-cli"
-SERVER_NAMES = ("mosquitto", "server", "link", "localhost")
+SERVER_NAMES = ("mosquitto", "server", "frontdoor", "link", "localhost")
 SERVER_IPS = ("127.0.0.1",)
 CA_FILE, CERT_FILE, KEY_FILE, CRL_FILE = "ca.pem", "cert.pem", "key.pem", "crl.pem"
 CA_DAYS, CERT_DAYS, CRL_DAYS = 3650, 825, 365
@@ -200,7 +201,7 @@ class LabCA:
         return identity
 
     def ensure_identities(self, clients: Iterable[str], *, server_sans: Iterable[str] | None = None,
-                          servers: Iterable[str] = (UPDATE_SERVER,)) -> list[str]:
+                          servers: Iterable[str] = (UPDATE_SERVER, FRONTDOOR)) -> list[str]:
         """Make the CA and every identity that lacks a certificate; returns those issued now.
         Existing certificates are kept, so a fleet that grows only gets the new ones. `servers`
         among `clients` also serve TLS (the update server: HTTPS, and MQTT as a client)."""
@@ -209,12 +210,21 @@ class LabCA:
         sans = tuple(server_sans or (*SERVER_NAMES, *SERVER_IPS))
         created = []
         for name in (TLS_SERVER, *clients):
-            if name not in issued or not self.identity(name).cert.exists():
-                serves = name == TLS_SERVER or name in servers
+            serves = name == TLS_SERVER or name in servers
+            if name not in issued or not self.identity(name).cert.exists() or \
+                    (serves and not set(sans) <= self._sans(name)):      # a server name added since
                 self.issue(name, server=serves, sans=sans if serves else ())
                 created.append(name)
         self.write_crl()
         return created
+
+    def _sans(self, name: str) -> set[str]:
+        cert = x509.load_pem_x509_certificate(self.identity(name).cert.read_bytes())
+        try:
+            names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            return set()
+        return {str(n.value) for n in names}
 
     # --- revocation ------------------------------------------------------------------------------
     def serial(self, name: str) -> int:

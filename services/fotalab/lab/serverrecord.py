@@ -16,13 +16,16 @@ from ..protocol import Event
 Check = Callable[[dict, list[dict]], list[str]]     # (registry record, history) -> problems
 
 
-def until_server_agrees(server_url: str, device: str, check: Check, within_s: float) -> list[str]:
-    """`check`'s problems with the server's record and history of `device`, none once it agrees."""
+def until_server_agrees(server_url: str, device: str, check: Check, within_s: float,
+                        http: requests.Session | None = None) -> list[str]:
+    """`check`'s problems with the server's record and history of `device`, none once it agrees
+    (`http`: the session that reaches the server, e.g. over TLS; default a plain one)."""
+    http = http or requests.Session()
     deadline, problems = time.monotonic() + within_s, ["server not reachable"]
     while problems and time.monotonic() < deadline:
         try:
-            record = requests.get(f"{server_url}/api/v1/devices/{device}", timeout=5).json()
-            history = requests.get(f"{server_url}/api/v1/devices/{device}/history",
+            record = http.get(f"{server_url}/api/v1/devices/{device}", timeout=5).json()
+            history = http.get(f"{server_url}/api/v1/devices/{device}/history",
                                    params={"limit": 1000}, timeout=5).json()["events"]
         except (requests.RequestException, ValueError, KeyError):
             time.sleep(1)

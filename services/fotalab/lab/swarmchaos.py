@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from ..protocol import Event
 from . import chaos
+from .labaccess import reach_plaintext
 from .stackctl import ROOT, Group, Stack, dotenv, prepare_images
 from .swarmlab import SwarmLab
 from .swarmnodes import SHARED_IN_NODE, TestSwarm, build_node_image, log
@@ -161,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         killer = NodeKiller(swarm, lab, groups, node_targets(random.Random(args.seed), swarm.names, args.node_kills),
                             tuple(args.node_off), random.Random(args.seed + 1))
         lab.device_containers()
-        outcome = chaos.execute(lab, args, server, swarm.address(INFRA_NODE), port, during=killer)
+        access = reach_plaintext(lab, server, swarm.address(INFRA_NODE), port)    # the stack runs without TLS
+        outcome = chaos.execute(lab, args, access, during=killer)
     finally:
         if args.keep:
             log(f"kept: nodes {', '.join(swarm.container(n) for n in swarm.names)} (docker -H "

@@ -1,12 +1,13 @@
 """SWUpdate devices of the compose lab (`scripts/fleet N --swupdate M`, docs/swupdate.md): their
 enrolment, and what a chaos campaign (lab/chaos.py) needs to cut their power and judge them.
 
-    python -m fotalab.lab.swfleet enrol --tokens DIR swupdate-1 swupdate-2 ...
+    python -m fotalab.lab.swfleet enrol --tokens '/credentials/{name}/ddi-token' swupdate-1 ...
 
 The one-shot `swupdate-enrol` job that scripts/fleet adds runs this before the SWUpdate devices
 start: it enrols each device as a hawkBit DDI controller (`POST /api/v1/controllers`, as
-`fota controllers add` does) and writes the TargetToken the server answers with to DIR/<name>,
-on a volume each device mounts read-only and reads through FOTA_DDI_TARGET_TOKEN_FILE. A device
+`fota controllers add` does) and writes the TargetToken the server answers with to the file the
+pattern names for it, on that device's own credentials volume, which it mounts read-only and
+reads the token from through FOTA_DDI_TARGET_TOKEN_FILE. A device
 enrolled on an earlier `up` keeps its token; one whose token file was lost is refused with the
 way out (the server keeps only a hash of the token).
 """
@@ -48,19 +49,20 @@ def write_token(path: Path, token: str) -> None:
     os.replace(tmp, path)
 
 
-def enrol(api: Api, names: list[str], tokens: Path, hardware: str | None = None) -> list[str]:
-    """Enrol the controllers not enrolled yet; returns a line per name saying what was done."""
-    tokens.mkdir(parents=True, exist_ok=True)
+def enrol(api: Api, names: list[str], tokens: str, hardware: str | None = None) -> list[str]:
+    """Enrol the controllers not enrolled yet, each one's TargetToken into the file `tokens`
+    names for it ({name}: the controller); returns a line per name saying what was done."""
     enrolled = {c["controller_id"] for c in api.call("GET", "/controllers")["controllers"]}
     done = []
     for name in names:
-        path = tokens / name
+        path = Path(tokens.format(name=name))
+        path.parent.mkdir(parents=True, exist_ok=True)
         if name in enrolled and path.exists():
             done.append(f"{name}: enrolled already, its TargetToken kept in {path}")
             continue
         if name in enrolled:
-            raise CliError(f"{name} is enrolled on the server but its TargetToken is not in {tokens} (the token volume "
-                           "was removed and the server's was not): `docker compose down -v` starts both afresh")
+            raise CliError(f"{name} is enrolled on the server but its TargetToken is not in {path} (the device's "
+                           "volume was removed and the server's was not): `docker compose down -v` starts both afresh")
         made = api.call("POST", "/controllers", {"name": name, **({"hardware": hardware} if hardware else {})})
         write_token(path, made["credentials"]["target_token"])
         done.append(f"{name}: enrolled (hardware {made['hardware']}), TargetToken written to {path}")
@@ -87,6 +89,7 @@ class SwFleet:
     devices: list[str]
     server_url: str
     api_token: str
+    http: requests.Session = field(default_factory=requests.Session)    # reaches the server (TLS: LabAccess)
     poll_s: float = 1.0
     states: dict[str, dict] = field(default_factory=dict)
     boots: dict[str, list[float]] = field(default_factory=dict)
@@ -107,7 +110,7 @@ class SwFleet:
 
     def refresh(self) -> None:
         try:
-            found = requests.get(f"{self.server_url}/api/v1/devices", timeout=5).json()["devices"]
+            found = self.http.get(f"{self.server_url}/api/v1/devices", timeout=5).json()["devices"]
         except (requests.RequestException, ValueError, KeyError):
             return                              # the server restarts this moment: keep the last view
         self.states.update({d["device_id"]: d for d in found if d["device_id"] in self.devices})
@@ -172,7 +175,7 @@ class SwFleet:
         """The update hint of a DDI controller: its next poll may be offered the release."""
         for device in devices:
             try:
-                requests.post(f"{self.server_url}/api/v1/devices/{device}/trigger", timeout=5,
+                self.http.post(f"{self.server_url}/api/v1/devices/{device}/trigger", timeout=5,
                               headers={"Authorization": f"Bearer {self.api_token}"})
             except requests.RequestException:
                 pass                            # the server restarts this moment: the next hint will do
@@ -206,15 +209,16 @@ class SwFleet:
             if committed and committed != version:
                 problems.append(f"server history's last commit is {committed}, the flash boots {version}")
             return problems
-        return until_server_agrees(self.server_url, device, check, within_s=30)
+        return until_server_agrees(self.server_url, device, check, within_s=30, http=self.http)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="swfleet", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    add = commands.add_parser("enrol", help="enrol SWUpdate devices as DDI controllers, their tokens into a directory")
-    add.add_argument("--tokens", type=Path, required=True, help="directory for the TargetTokens, one file per device")
+    add = commands.add_parser("enrol", help="enrol SWUpdate devices as DDI controllers, each token into a file")
+    add.add_argument("--tokens", required=True,
+                     help="each device's TargetToken file: a path with {name}, e.g. /credentials/{name}/ddi-token")
     add.add_argument("--hardware", default=None, help="their hardware (default: the server's SWUpdate hardware)")
     add.add_argument("--wait", type=float, default=60, help="seconds to wait for the server to answer")
     add.add_argument("names", nargs="+")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..envconfig import ConfigError, Env
 from ..protocol import Command
-from ..tlsfiles import TlsFiles
+from ..tlsfiles import TlsFiles, mqtt_port
 from .fleetwatch import FleetWatcher
 from .provision import SERVER
 
@@ -24,19 +24,19 @@ class TriggerConfig:
     mqtt_port: int = 1883
     mqtt_username: str = SERVER
     mqtt_password: str = ""
-    password_file: Path = Path(f"/credentials/{SERVER}.password")
+    password_file: Path = Path(f"/credentials/{SERVER}/password")
     tls: TlsFiles | None = None        # FOTA_TLS_*: over TLS, as the certificate's identity (no password)
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> TriggerConfig:
         env = env or Env()
         d = cls()
-        return cls(mqtt_host=env.text("FOTA_MQTT_HOST", d.mqtt_host),
-                   mqtt_port=env.integer("FOTA_MQTT_PORT", d.mqtt_port, minimum=1, maximum=65535),
+        tls = TlsFiles.from_env(env)
+        return cls(mqtt_host=env.text("FOTA_MQTT_HOST", d.mqtt_host), mqtt_port=mqtt_port(env, tls),
                    mqtt_username=env.text("FOTA_MQTT_USERNAME", d.mqtt_username),
                    mqtt_password=env.text("FOTA_MQTT_PASSWORD", ""),
                    password_file=env.path("FOTA_MQTT_PASSWORD_FILE", d.password_file),
-                   tls=TlsFiles.from_env(env))
+                   tls=tls)
 
 
 def main(argv: list[str] | None = None) -> int:
