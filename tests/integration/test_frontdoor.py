@@ -7,7 +7,11 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -18,11 +22,13 @@ API = {"Authorization": "Bearer frontdoor-token"}
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, release_store):
-    """A private copy of the signed store: one test plants a symlink in it."""
-    copy = tmp_path_factory.mktemp("frontdoor-store") / "releases"
-    shutil.copytree(release_store, copy)
-    return copy
+def store(release_store):
+    """A private copy of the signed store (one test plants a symlink in it) that nginx's workers
+    can read: started as root (CI), they run as nobody, who cannot enter pytest's directories."""
+    with tempfile.TemporaryDirectory(prefix="fotalab-frontdoor-") as parent:
+        os.chmod(parent, 0o755)
+        shutil.copytree(release_store, Path(parent) / "releases")
+        yield Path(parent) / "releases"
 
 
 @pytest.fixture(scope="module")
@@ -149,10 +155,21 @@ def metric(base: str, name: str, kind: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
+def settled(base: str, name: str, kind: str) -> float:
+    """The metric once the downloads of earlier tests are counted: nginx flushes its log, and the
+    server reads it, once a second."""
+    value = metric(base, name, kind)
+    while True:
+        time.sleep(2.5)
+        if (again := metric(base, name, kind)) == value:
+            return value
+        value = again
+
+
 def test_downloads_the_front_door_serves_count_in_the_servers_metrics(door, image, store):
     sha, data = image
     kind = json.loads((store / "index.json").read_text())["artifacts"][sha]["kind"]
-    before = metric(door.url, "fotalab_artifact_downloads_total", kind)
+    before = settled(door.url, "fotalab_artifact_downloads_total", kind)
     sent_before = metric(door.url, "fotalab_artifact_bytes_sent_total", kind)
     for _ in range(3):
         assert requests.get(f"{door.url}/artifacts/{sha}", timeout=5).content == data
@@ -162,3 +179,10 @@ def test_downloads_the_front_door_serves_count_in_the_servers_metrics(door, imag
         time.sleep(0.3)
     assert metric(door.url, "fotalab_artifact_downloads_total", kind) == before + 4
     assert metric(door.url, "fotalab_artifact_bytes_sent_total", kind) == sent_before + 3 * len(data) + 100
+
+
+def test_health_goes_through_the_door(door):
+    """`fota-frontdoor health` (compose's healthcheck): /healthz through nginx, proxied to the server."""
+    done = subprocess.run([sys.executable, "-m", "fotalab.frontdoor.main", "health"], capture_output=True, text=True,
+                          env=door.environment(), timeout=30)
+    assert done.returncode == 0 and f"http://127.0.0.1:{door.port}/healthz answered 200" in done.stdout

@@ -114,10 +114,13 @@ def test_with_tls_nginx_verifies_client_certificates_and_sets_the_headers_itself
     assert "ssl_crl" not in render(FrontDoorConfig.from_env(Env({**tls_env, "FOTA_TLS_CRL": ""})))
 
 
-def test_without_tls_there_is_no_ssl_and_no_client_identity():
+def test_without_tls_there_is_no_ssl_and_no_client_identity(tls_env):
     text = render(FrontDoorConfig.from_env(Env({})))
     assert "listen 0.0.0.0:8000 backlog=2048;" in text and "ssl_certificate" not in text
     assert 'proxy_set_header X-Fota-Frontdoor "";' in text       # nginx then drops what a client sent
+    plaintext = FrontDoorConfig.from_env(Env({**tls_env, "FOTA_PLAINTEXT": "1",        # compose's workshop lab
+                                              "FOTA_FRONTDOOR_SECRET_FILE": "/not/provisioned/in/the/plain/lab"}))
+    assert (plaintext.tls, plaintext.tls_crl, plaintext.secret) == (None, None, "")
 
 
 def cn_of(verify_and_dn: str) -> str | None:
@@ -143,8 +146,7 @@ def test_the_identity_is_the_verified_cn_and_an_escape_cannot_fake_one(subject, 
     ({"FOTA_FRONTDOOR_SECRET_FILE": "/no/such/secret"}, "FOTA_FRONTDOOR_SECRET_FILE=/no/such/secret: cannot read"),
     ({"FOTA_FRONTDOOR_SECRET_FILE": "", "FOTA_FRONTDOOR_SECRET": 'a"b$c; 0123456789abcdef'}, "not usable"),
     ({"FOTA_FRONTDOOR_SECRET_FILE": "", "FOTA_FRONTDOOR_SECRET": "short"}, "not usable"),
-    ({"FOTA_TLS_CERT": "", "FOTA_TLS_KEY": ""}, "FOTA_TLS_CERT and FOTA_TLS_KEY"),
-    ({"FOTA_TLS_CA": "", "FOTA_TLS_CERT": "", "FOTA_TLS_KEY": ""}, "FOTA_TLS_CRL is set without FOTA_TLS_CA")])
+    ({"FOTA_TLS_CERT": "", "FOTA_TLS_KEY": ""}, "FOTA_TLS_CERT and FOTA_TLS_KEY")])
 def test_tls_settings_that_cannot_work_are_refused_with_what_to_do(tls_env, tmp_path, env, message):
     (tmp_path / "empty").write_text("\n")
     env = {k: str(tmp_path / "empty") if v == "EMPTY" else v for k, v in env.items()}

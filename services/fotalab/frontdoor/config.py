@@ -31,14 +31,15 @@ class FrontDoorConfig:
     # FOTA_TLS_CA/CERT/KEY: HTTPS with this certificate; client certificates verified against the CA
     tls: TlsFiles | None = None
     tls_crl: Path | None = None        # FOTA_TLS_CRL: certificates on it are refused (nginx reloads as it changes)
-    # FOTA_FRONTDOOR_SECRET_FILE: sent to the server with every proxied request, so that it believes
-    # the client identity the door verified (and nobody else who sets the same headers)
+    # FOTA_FRONTDOOR_SECRET_FILE (read only with TLS): sent to the server with every proxied request,
+    # so that it believes the client identity the door verified (and nobody else who sets the headers)
     secret: str = field(default="", repr=False)
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> FrontDoorConfig:
         env = env or Env()
         d = cls()
+        tls = TlsFiles.from_env(env)
         config = cls(listen=env.text("FOTA_FRONTDOOR_LISTEN", d.listen),
                      upstream=env.text("FOTA_FRONTDOOR_UPSTREAM", d.upstream),
                      releases_dir=env.path("FOTA_RELEASES_DIR", d.releases_dir),
@@ -48,8 +49,10 @@ class FrontDoorConfig:
                      workers=env.integer("FOTA_FRONTDOOR_WORKERS", d.workers, minimum=0, maximum=64),
                      connections=env.integer("FOTA_FRONTDOOR_CONNECTIONS", d.connections, minimum=64,
                                              maximum=65536),
-                     tls=TlsFiles.from_env(env), tls_crl=env.optional_path("FOTA_TLS_CRL"),
-                     secret=env.secret("FOTA_FRONTDOOR_SECRET"))
+                     # without TLS (no FOTA_TLS_CA, or FOTA_PLAINTEXT=1) there is no CRL to check, and
+                     # the door vouches for no one
+                     tls=tls, tls_crl=env.optional_path("FOTA_TLS_CRL") if tls else None,
+                     secret=env.secret("FOTA_FRONTDOOR_SECRET") if tls else "")
         for name, value in (("FOTA_FRONTDOOR_LISTEN", config.listen), ("FOTA_FRONTDOOR_UPSTREAM", config.upstream)):
             host, _, port = value.rpartition(":")
             if not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -60,9 +63,6 @@ class FrontDoorConfig:
     def check_tls(self, secret_file: str | None) -> None:
         """HTTPS needs the door's own certificate, and a secret to vouch for clients with."""
         source = f"FOTA_FRONTDOOR_SECRET_FILE={secret_file}" if secret_file else "FOTA_FRONTDOOR_SECRET"
-        if self.tls_crl and not self.tls:
-            raise ConfigError("FOTA_TLS_CRL is set without FOTA_TLS_CA: set FOTA_TLS_CA, FOTA_TLS_CERT and "
-                              "FOTA_TLS_KEY (the front door's identity) as well, or unset FOTA_TLS_CRL")
         if self.tls and not (self.tls.cert and self.tls.key):
             raise ConfigError("with FOTA_TLS_CA the front door serves HTTPS: set FOTA_TLS_CERT and FOTA_TLS_KEY "
                               "to its certificate (cert.pem, with the lab's server names) and key.pem")

@@ -111,12 +111,14 @@ IDENTITY_MAPS = r"""
     }
 """
 
-# TLS 1.2 and 1.3 with nginx's default cipher suites (scripts/bench-server's nginx has the same)
+# TLS 1.2 and 1.3 with nginx's default cipher suites (scripts/bench-server's nginx has the same).
+# No shared session cache: a resumed session keeps the verification result of its first
+# handshake, and a shared cache outlives a reload, so a certificate revoked since would still
+# pass; session tickets (nginx's default) are signed with keys made at each (re)load.
 TLS = """\
         ssl_certificate {cert};
         ssl_certificate_key {key};
         ssl_protocols TLSv1.2 TLSv1.3;
-        ssl_session_cache shared:fota_tls:10m;
         ssl_client_certificate {ca};
         ssl_verify_client optional;
 """

@@ -22,7 +22,7 @@ import requests
 
 from ..tlsfiles import TlsFiles
 from .fleetwatch import FleetWatcher
-from .pki import TLS_SERVER, LabCA, mosquitto_tls_listener
+from .pki import FRONTDOOR, TLS_SERVER, LabCA, mosquitto_tls_listener
 from .provision import SERVER, SIM_SECRET, Credentials, fleet_identities, sim_device_id, sim_password
 
 LAB_RELEASES = """\
@@ -320,30 +320,67 @@ class Server:
 @dataclass
 class FrontDoor:
     """`fota-frontdoor` (nginx) in front of a local server, as compose runs it: artifacts from
-    the store, everything else proxied; its download log in `root`."""
+    the store, everything else proxied; its download log in `root`. With `ca`, HTTPS as the TLS
+    lab's door: its own certificate (FRONTDOOR) and the CA's CRL, client certificates verified
+    and passed on to the server with the secret it shares with it (`server_env`)."""
 
     root: Path
     server: Server
     port: int = field(default_factory=free_port)
     workers: int = 1
+    ca: LabCA | None = None
     process: subprocess.Popen | None = None
+
+    @staticmethod
+    def secret(root: Path) -> Path:
+        """The secret file of the door at `root`, which its server reads too (made once)."""
+        path = root / "secret"
+        if not path.exists():
+            root.mkdir(parents=True, exist_ok=True)
+            path.write_text(os.urandom(24).hex())
+            path.chmod(0o600)
+        return path
+
+    @classmethod
+    def server_env(cls, root: Path, ca: LabCA) -> dict[str, str]:
+        """What the server behind a TLS door at `root` runs with: the door's secret, the update
+        server's TLS identity (MQTT) and the CRL."""
+        ca.ensure_identities([SERVER])
+        return {**ca.identity(SERVER).env(), "FOTA_TLS_CRL": str(ca.identity(SERVER).crl),
+                "FOTA_FRONTDOOR_SECRET_FILE": str(cls.secret(root))}
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ca else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def download_log(self) -> Path:
         return self.root / "downloads.log"
 
-    def start(self) -> FrontDoor:
-        self.root.mkdir(parents=True, exist_ok=True)
+    def client_tls(self, identity: str = "") -> dict:
+        """requests' keywords to reach the door: the lab CA, and `identity`'s certificate if named."""
+        if not self.ca:
+            return {}
+        found = self.ca.identity(identity)
+        return {"verify": str(self.ca.ca_cert_path), "cert": (str(found.cert), str(found.key)) if identity else None}
+
+    def environment(self) -> dict[str, str]:
+        """What fota-frontdoor runs with (`fota-frontdoor health` too)."""
         env = {**os.environ, "FOTA_FRONTDOOR_LISTEN": f"127.0.0.1:{self.port}",
                "FOTA_FRONTDOOR_UPSTREAM": f"127.0.0.1:{self.server.port}",
                "FOTA_RELEASES_DIR": str(self.server.releases), "FOTA_DOWNLOAD_LOG": str(self.download_log),
                "FOTA_FRONTDOOR_RUN_DIR": str(self.root / "run"), "FOTA_FRONTDOOR_WORKERS": str(self.workers)}
-        self.process = _start_http_service("fotalab.frontdoor.main", env, self.root / "frontdoor.log", self.url,
-                                           "front door")
+        if self.ca:
+            door = self.ca.identity(FRONTDOOR)
+            env.update(door.env(), FOTA_TLS_CRL=str(door.crl), FOTA_FRONTDOOR_SECRET_FILE=str(self.secret(self.root)))
+        return env
+
+    def start(self) -> FrontDoor:
+        self.root.mkdir(parents=True, exist_ok=True)
+        if self.ca:
+            self.ca.ensure_identities([FRONTDOOR])
+        self.process = _start_http_service("fotalab.frontdoor.main", self.environment(), self.root / "frontdoor.log",
+                                           self.url, "front door", **self.client_tls())
         return self
 
     def stop(self) -> None:
