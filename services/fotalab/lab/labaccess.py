@@ -41,6 +41,9 @@ class LabAccess:
         session = requests.Session()
         if self.tls:
             session.verify, session.cert = str(self.tls.ca), self.tls.requests_cert
+            # REQUESTS_CA_BUNDLE (set on many machines) would override the session's verify: the
+            # environment has nothing to say about a loopback lab
+            session.trust_env = False
         return session
 
     def watcher(self) -> FleetWatcher:

@@ -130,7 +130,7 @@ class Broker:
         return self.root / "credentials"
 
     def password_file(self, identity: str) -> Path:
-        return self.credentials / f"{identity}.password"
+        return Credentials(self.credentials).password_file(identity)
 
     @property
     def ca(self) -> LabCA:

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..envconfig import ConfigError, Env
-from ..tlsfiles import TlsFiles
+from ..tlsfiles import TlsFiles, mqtt_port
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ class ServerConfig:
                      timeout=env.integer("FOTA_SERVER_TIMEOUT", d.timeout, minimum=1),
                      keepalive=env.integer("FOTA_SERVER_KEEPALIVE", d.keepalive, minimum=0),
                      mqtt_host=env.text("FOTA_MQTT_HOST", d.mqtt_host),
-                     mqtt_port=env.integer("FOTA_MQTT_PORT", d.mqtt_port, minimum=1, maximum=65535),
+                     mqtt_port=mqtt_port(env, tls),
                      mqtt_username=env.text("FOTA_MQTT_USERNAME", d.mqtt_username),
                      mqtt_password=env.secret("FOTA_MQTT_PASSWORD"),
                      mqtt_client_id=env.text("FOTA_MQTT_CLIENT_ID", d.mqtt_client_id),
