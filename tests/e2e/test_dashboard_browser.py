@@ -157,6 +157,7 @@ def test_fleet_table_pages_filters_and_redraws_only_changed_rows(paged_server, c
                30, "the dashboard's live stream connected")
     summary = lambda d: d.find_element("css selector", "#fleet-summary").text  # noqa: E731
     wait_until(driver, lambda d: summary(d) == "120 devices · 60 online · 40 downloading", 10, "the fleet's counts")
+    assert driver.find_element("css selector", "#plaintext").is_displayed()    # a server reached over plain HTTP
     assert page_ids(driver) == [f"sim-{n:03d}" for n in range(1, 51)]
     assert driver.find_element("css selector", "#fleet-range").text == "1–50 of 120"
 
@@ -203,6 +204,7 @@ def test_progress_bar_moves_while_a_device_downloads_and_it_commits(factory_flee
                 driver.save_screenshot(str(SCREENSHOTS / "01-device-downloading.png"))
         return len(seen) >= 3
 
+    assert not dashboard.find_element("css selector", "#plaintext").is_displayed()   # the lab's HTTPS
     wait_until(dashboard, progress_moved, 120, "device-1's progress bar taking three values while downloading")
     assert seen == sorted(seen), f"the progress bar went backwards: {seen}"
     wait_until(dashboard, lambda d: cell(d, "device-1", "version").text == "2.0.0"

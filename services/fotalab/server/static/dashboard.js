@@ -616,6 +616,9 @@ function wireActions() {
 }
 
 async function start() {
+  // the page came over plain HTTP: the lab runs without TLS (FOTA_PLAINTEXT=1), or the server is
+  // reached past its front door; either way, say so
+  $("#plaintext").hidden = location.protocol !== "http:";
   wireActions();
   wirePager();
   applyAuth();
