@@ -95,7 +95,7 @@ def published_ports() -> dict[str, str]:
 
 
 def access(lab: ComposeLab, directory: Path) -> LabAccess:
-    """How a test reaches a compose lab started with published_ports(): over TLS as its server."""
+    """How a test reaches a compose lab started with published_ports(): over TLS as fota-tools."""
     return reach(lab, "127.0.0.1", int(lab.env["SERVER_PORT"]), int(lab.env["MQTT_PORT"]), int(lab.env["MQTTS_PORT"]),
                  directory)
 
@@ -108,7 +108,7 @@ def lab_ports() -> Callable[[], dict[str, str]]:
 
 @pytest.fixture(scope="session")
 def reach_lab(tmp_path_factory) -> Callable[[ComposeLab], LabAccess]:
-    """What reaches a test's own compose lab (its server's identity in a temporary directory)."""
+    """What reaches a test's own compose lab (the tools' identity in a temporary directory)."""
     return lambda lab: access(lab, tmp_path_factory.mktemp("lab-identity"))
 
 
@@ -132,7 +132,7 @@ def http(lab_access):
 
 @pytest.fixture
 def fleet(lab_access):
-    """The fleet over MQTT, seen with the server's identity (the one that may send commands)."""
+    """The fleet over MQTT, seen as the server sees it, by an identity that may send commands."""
     with lab_access.watcher() as watcher:
         yield watcher
 

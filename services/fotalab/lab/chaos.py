@@ -377,7 +377,7 @@ def parser(prog: str = "chaos", doc: str | None = __doc__) -> argparse.ArgumentP
 
 
 def pick_lab(args: argparse.Namespace, identity_dir: Path) -> tuple[Lab, LabAccess]:
-    """The lab to campaign against and how to reach it (over TLS with the server's identity,
+    """The lab to campaign against and how to reach it (over TLS as fota-tools, its identity
     copied into `identity_dir`, when the lab runs TLS)."""
     env = os.environ
     stack = args.stack

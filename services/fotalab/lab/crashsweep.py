@@ -9,6 +9,9 @@ the fault armed, powered on again without it, and driven to the end. Checks afte
 and at the end: the bootloader would boot a verified image, the boot record parses, the
 device ends on the expected version with no update pending, and the security counter never
 exceeds that of the committed image.
+
+Every link runs mutual TLS, as the compose lab does: each device presents a certificate of its
+own from the sweep's lab CA to the broker and to the update server.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from ..device.flash import FAULT_MODES, FaultPlan
 from ..device.main import inspect
 from ..protocol import Command
 from .locallab import Broker, Device, Server, build_releases
+from .provision import SERVER
 
 
 @dataclass(frozen=True)
@@ -84,9 +88,9 @@ class Sweep:
     def __init__(self, workdir: Path, *, timeout_s: float) -> None:
         self.workdir, self.timeout_s = workdir, timeout_s
         self.store = build_releases(workdir / "store")
-        self.broker = Broker(workdir / "broker").start()
-        self.servers = {s.release: Server(self.store, workdir / f"server-{s.release}.log",
-                                          default_release=s.release).start() for s in SCENARIOS}
+        self.broker = Broker(workdir / "broker", tls=True, plaintext=False).start()
+        self.servers = {s.release: Server(self.store, workdir / f"server-{s.release}.log", default_release=s.release,
+                                          tls_files=self.broker.tls_files(SERVER)).start() for s in SCENARIOS}
         self.commands = self.broker.watcher()
         self.factory_flash = workdir / "factory-flash"
         self._provision()

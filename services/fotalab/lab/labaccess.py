@@ -1,10 +1,11 @@
 """How the lab's tools on this machine (chaos, the e2e tests) reach a running lab: its server
-through the front door and its broker, over TLS when the lab runs TLS, as the update server's
-own identity (the one the broker lets read every device's reports).
+through the front door and its broker, over TLS when the lab runs TLS, as `fota-tools` (the
+server's rights under an identity of its own: the broker forces every client id to its
+identity, so a tool using the server's would take over the server's own session).
 
-The identity is read out of the server's container, its key written 0600 into a directory of
-ours; a lab without certificates (the Swarm stack) or run with FOTA_PLAINTEXT=1 is reached in
-plaintext with the server's MQTT password instead.
+The identity is read out of the broker's container (it mounts the credentials), its key written
+0600 into a directory of ours; a lab without certificates (the Swarm stack) or run with
+FOTA_PLAINTEXT=1 is reached in plaintext with the server's MQTT password instead.
 """
 from __future__ import annotations
 
@@ -18,10 +19,11 @@ import requests
 
 from ..tlsfiles import PLAINTEXT, TlsFiles
 from .fleetwatch import FleetWatcher
-from .pki import CA_FILE, CERT_FILE, KEY_FILE
-from .provision import PASSWORD, SERVER
+from .pki import CA_FILE, CERT_FILE, KEY_FILE, TOOLS
+from .provision import BROKER_DIR, PASSWORD, SERVER
 
 SERVER_DIR = f"/credentials/{SERVER}"     # where the server's container has its identity
+TOOLS_DIR = f"{BROKER_DIR}/{TOOLS}"       # where the broker's container has the tools' identity
 
 
 class Readable(Protocol):
@@ -33,11 +35,11 @@ class LabAccess:
     server_url: str
     mqtt_host: str
     mqtt_port: int
-    tls: TlsFiles | None = None       # the server's identity, for HTTPS and MQTT over TLS
+    tls: TlsFiles | None = None       # fota-tools' identity, for HTTPS and MQTT over TLS
     password: str = ""                # the plaintext lab's MQTT login as the server
 
     def session(self) -> requests.Session:
-        """HTTP to the server: the lab CA verifies it, the server's certificate identifies us."""
+        """HTTP to the server: the lab CA verifies it, our certificate identifies us."""
         session = requests.Session()
         if self.tls:
             session.verify, session.cert = str(self.tls.ca), self.tls.requests_cert
@@ -71,7 +73,7 @@ def reach_plaintext(lab: Readable, server_url: str, mqtt_host: str, mqtt_port: i
 
 
 def reach(lab: Readable, host: str, server_port: int, mqtt_port: int, mqtts_port: int, directory: Path) -> LabAccess:
-    """The lab at `host` (its published ports), with the server's identity copied into `directory`."""
+    """The lab at `host` (its published ports), with the tools' identity copied into `directory`."""
     if not runs_tls(lab):
         return reach_plaintext(lab, f"http://{host}:{server_port}", host, mqtt_port)
     directory.mkdir(parents=True, exist_ok=True)
@@ -79,6 +81,6 @@ def reach(lab: Readable, host: str, server_port: int, mqtt_port: int, mqtts_port
         path = directory / name
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
-            out.write(lab.read_file("server", f"{SERVER_DIR}/{name}") + "\n")
+            out.write(lab.read_file("mosquitto", f"{TOOLS_DIR}/{name}") + "\n")
     files = TlsFiles(ca=directory / CA_FILE, cert=directory / CERT_FILE, key=directory / KEY_FILE)
     return LabAccess(f"https://{host}:{server_port}", host, mqtts_port, tls=files)

@@ -45,6 +45,9 @@ TLS_SERVER = "tls-server"        # the broker's certificate
 UPDATE_SERVER = "fota-server"    # the update server: its HTTPS certificate and its MQTT identity
 FRONTDOOR = "fota-frontdoor"     # the front door (nginx): the HTTPS certificate devices and browsers see
 CLI = "fota-cli"
+# the lab's tools on the host (chaos, the tests): the server's rights under an identity of their own,
+# since the broker forces a client id to its identity and the server's session must stay the server's
+TOOLS = "fota-tools"
 SERVER_NAMES = ("mosquitto", "server", "frontdoor", "link", "localhost")
 SERVER_IPS = ("127.0.0.1",)
 CA_FILE, CERT_FILE, KEY_FILE, CRL_FILE = "ca.pem", "cert.pem", "key.pem", "crl.pem"

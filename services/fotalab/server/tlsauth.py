@@ -43,7 +43,8 @@ from .errors import ServerError
 
 PEER = "fotalab.peer"             # scope: (identity, serial) of the verified client certificate
 IDENTITY = "fotalab.identity"     # scope: the identity, once checked against the CRL
-SERVICE_IDENTITIES = frozenset({"fota-server", "fota-cli", "fota-health"})   # operators' tools, not devices
+# operators' tools, not devices (lab/pki.py issues them)
+SERVICE_IDENTITIES = frozenset({"fota-server", "fota-cli", "fota-tools", "fota-health"})
 DEVICE_VIEW_ARGS = ("device_id", "controller_id")
 DEVICE_QUERY = "device"
 WRITE_PREFIX = "/api/"
