@@ -276,7 +276,8 @@ def run(args: argparse.Namespace, api: Api, out=sys.stdout, ca_dir: Path | None 
         lines = [f"enrolled controller {made['controller_id']} (hardware {made['hardware']}); point its DDI client at:",
                  f"  base URL   {made['base_url']}", f"  tenant     {made['tenant']}",
                  f"  controller {made['controller_id']}", f"  TargetToken {token}   (shown this once)",
-                 f"  try: curl -H 'Authorization: TargetToken {token}' {made['ddi_url']}"]
+                 f"  try: curl {'--cacert ca.pem ' if made['ddi_url'].startswith('https:') else ''}"
+                 f"-H 'Authorization: TargetToken {token}' {made['ddi_url']}"]
         if ca is not None:
             files = controller_files(made["controller_id"], args.cert_dir, ca)
             made["certificate_files"] = [str(f) for f in files]
