@@ -1,9 +1,13 @@
 """The fleet simulator's pieces around the device's real engine: its power rail and flash, the
-patcher it shares, its reporter, its credentials (lab/fleetsim, lab/provision)."""
+patcher it shares, its reporter, its credentials (lab/fleetsim, lab/provision); the engine pool's
+and the handshake gate's order; the fleet split over processes."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
+import os
+import threading
 
 import pytest
 from device_harness import Recorder, sha
@@ -16,7 +20,9 @@ from fotalab.envconfig import ConfigError, Env
 from fotalab.formats.delta import apply_delta
 from fotalab.lab.fleetsim import parts
 from fotalab.lab.fleetsim.config import FleetSimConfig
-from fotalab.lab.fleetsim.parts import Power, PowerCut, SimFlash, SimReporter, SimTransport, patcher
+from fotalab.lab.fleetsim.parts import Power, PowerCut, Priority, SimFlash, SimReporter, SimTransport, patcher
+from fotalab.lab.fleetsim.session import Gate
+from fotalab.lab.fleetsim.shards import merge, slices
 from fotalab.lab.provision import Credentials, fleet_identities, sim_device_id, sim_password
 from fotalab.protocol import Event, ResetReason, State
 
@@ -170,3 +176,72 @@ def test_settings_are_validated_and_the_secret_comes_from_the_provisioners_file(
         with pytest.raises(ConfigError):
             FleetSimConfig.from_env(Env(bad))
 
+
+
+def test_the_engine_pool_takes_a_trial_before_queued_commands_and_first_boots():
+    pool = parts.EnginePool(1)
+    gate, order = threading.Event(), []
+    blocker = pool.submit(Priority.COMMAND, gate.wait)           # the one thread is busy
+    done = [pool.submit(priority, lambda name=name: order.append(name))
+            for priority, name in ((Priority.FIRST_BOOT, "first boot"), (Priority.COMMAND, "check 1"),
+                                   (Priority.COMMAND, "check 2"), (Priority.TRIAL, "trial"))]
+    cut = pool.submit(Priority.TRIAL, lambda: (_ for _ in ()).throw(PowerCut()))
+    gate.set()
+    blocker.result(5)
+    for future in done:
+        future.result(5)
+    with pytest.raises(PowerCut):                   # a BaseException reaches the device, not the thread
+        cut.result(5)
+    assert order == ["trial", "check 1", "check 2", "first boot"]
+    pool.shutdown()
+
+
+def test_the_handshake_gate_lets_a_few_through_at_once_trials_first_and_survives_cancellation():
+    async def scenario() -> list[str]:
+        gate, inside, order = Gate(2), [], []
+
+        async def handshake(name: str, priority: int, hold: asyncio.Event) -> None:
+            async with gate.slot(priority):
+                inside.append(name)
+                order.append(name)
+                assert len(inside) <= 2
+                await hold.wait()
+                inside.remove(name)
+        hold = asyncio.Event()
+        tasks = [asyncio.create_task(handshake(name, priority, hold)) for name, priority in
+                 (("a", Priority.COMMAND), ("b", Priority.COMMAND), ("c", Priority.FIRST_BOOT),
+                  ("d", Priority.COMMAND), ("cut", Priority.TRIAL), ("e", Priority.TRIAL))]
+        await asyncio.sleep(0.01)
+        assert gate.waiting == 4
+        tasks[4].cancel()                             # a device cut while it waited: its turn goes on
+        await asyncio.sleep(0.01)
+        hold.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        assert gate.waiting == 0
+        async with gate.slot(Priority.COMMAND), gate.slot(Priority.COMMAND):
+            pass                                       # both slots free again
+        return order
+    assert asyncio.run(scenario()) == ["a", "b", "e", "d", "c"]
+
+
+def test_the_fleet_splits_over_processes_by_device_and_merges_their_status(tmp_path):
+    config = FleetSimConfig(devices=10_001, processes=0, power_on_rate=200, status_file=tmp_path / "status.json")
+    parts_ = slices(config)
+    assert len(parts_) == min(os.cpu_count() or 1, 10)
+    assert sum(p.devices for p in parts_) == 10_001 and parts_[0].first == 1
+    assert all(b.first == a.first + a.devices for a, b in zip(parts_, parts_[1:]))
+    assert {p.seed for p in parts_} == {config.seed}       # a device's cut plan is the same however split
+    files = {p.status_file for p in parts_}
+    assert len(files) == len(parts_) and config.status_file not in files
+    assert slices(FleetSimConfig(devices=20, processes=0))[0].devices == 20
+    assert [p.devices for p in slices(FleetSimConfig(devices=5, processes=3))] == [2, 2, 1]
+    one = {"ts": 10.0, "started": 1.0, "devices": 3, "online": 2, "states": {"committed": 2, "trial": 1},
+           "connect_p99_ms": 30.0, "manifest_p99_ms": None, "longest": [["sim-00003", "booting", 2.0]],
+           "error_samples": ["sim-00001: x"]}
+    two = {"ts": 11.0, "started": 2.0, "devices": 2, "online": 2, "states": {"committed": 2},
+           "connect_p99_ms": 90.0, "manifest_p99_ms": 12.5, "longest": [["sim-00005", "rebooting", 9.0]]}
+    merged = merge([one, two])
+    assert (merged["processes"], merged["ts"], merged["devices"], merged["online"]) == (2, 10.0, 5, 4)
+    assert merged["states"] == {"committed": 4, "trial": 1}
+    assert (merged["connect_p99_ms"], merged["manifest_p99_ms"]) == (90.0, 12.5)
+    assert merged["longest"][0] == ["sim-00005", "rebooting", 9.0] and merged["error_samples"] == ["sim-00001: x"]

@@ -2,16 +2,19 @@
 
 Devices are powered on at `power_on_rate` per second (a fleet-wide boot storm has a ramp, as
 a real one has), each then lives on its own (device.py). Engine work of every device shares
-`workers` threads; MQTT needs none. Every second the fleet writes its status file (JSON:
-devices powered and online, last reported states, versions, commits, cuts, errors, manifest
-latency as the devices saw it, this process's memory): `fota-fleetsim status` prints it and
-the compose healthcheck (`fota-fleetsim alive`) checks that it is fresh.
+`workers` threads, by priority; MQTT needs none, its handshakes pass a gate of `connects` at a
+time. Every second the fleet writes its status file (JSON: devices powered and online, last
+reported states, versions, commits, cuts, errors, manifest latency as the devices saw it, what
+the devices are doing and the ones longest at it, this process's memory): `fota-fleetsim
+status` prints it and the compose healthcheck (`fota-fleetsim alive`) checks that it is fresh.
+One such fleet runs in each simulator process (shards.py).
 """
 from __future__ import annotations
 
 import asyncio
 import collections
 import concurrent.futures
+import heapq
 import json
 import logging
 import os
@@ -25,11 +28,13 @@ from ...protocol import Event, State
 from ..provision import sim_password
 from .config import FleetSimConfig
 from .device import VirtualDevice
-from .parts import Latencies, SharedHttp, patcher
+from .parts import EnginePool, Latencies, SharedHttp, patcher
+from .session import Gate
 
 log = logging.getLogger("fotalab.fleetsim")
 STATUS_EVERY_S = 1.0
 PERCENTILES_EVERY_S = 5.0
+SETTLED = ("idle", "off", "in reset")      # phases a device may stay in for long: not listed as the longest
 
 
 def process_memory_mib() -> tuple[float, float]:
@@ -51,7 +56,8 @@ class Fleet:
             raise ValueError("no MQTT secret for the virtual devices: mount the provisioner's fleetsim.secret "
                              "(FOTA_SIM_CREDENTIALS_DIR) or set FOTA_SIM_SECRET")
         self.config = config
-        self.pool = concurrent.futures.ThreadPoolExecutor(config.workers, thread_name_prefix="fleetsim-engine")
+        self.pool = EnginePool(config.workers)
+        self.connect_gate = Gate(config.connects)
         self.http = SharedHttp(config.server_url, timeout_s=config.http_timeout_s, chunk_size=config.chunk_size)
         self.patcher = patcher(config.patch, config.chunk_size)
         self.publish_latency = Latencies()      # a report made -> its PUBACK from the broker
@@ -147,7 +153,7 @@ class Fleet:
             task.cancel()
         for device in self.devices:
             device.power.off()
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool.shutdown()
         self.write_status()
 
     async def _cut_forever(self) -> None:
@@ -175,6 +181,9 @@ class Fleet:
                                  self.publish_latency.percentile(0.99), self.queued_latency.percentile(0.99),
                                  connect.percentile(0.5), connect.percentile(0.99))
         p50, p99, sent_p99, queued_p99, connect_p50, connect_p99 = self._percentiles
+        mono = time.monotonic()
+        busy = [(mono - d.phase_since, d.device_id, d.phase) for d in self.devices[: self.powered_on]
+                if d.phase not in SETTLED]
         return {
             "ts": round(time.time(), 3), "started": round(self.started, 3), "devices": len(self.devices),
             "powered_on": self.powered_on, "online": sum(d.online for d in self.devices),
@@ -193,6 +202,9 @@ class Fleet:
             "connects": len(self.connect_latency.values),
             "connect_p50_ms": round(connect_p50 * 1000, 1) if connect_p50 is not None else None,
             "connect_p99_ms": round(connect_p99 * 1000, 1) if connect_p99 is not None else None,
+            "phases": dict(collections.Counter(d.phase for d in self.devices)),
+            "longest": [[device_id, phase, round(seconds, 1)] for seconds, device_id, phase in heapq.nlargest(5, busy)],
+            "engine_queued": self.pool.queued(), "handshakes_waiting": self.connect_gate.waiting,
             "rss_mib": round(rss, 1), "peak_rss_mib": round(peak, 1), "threads": threading.active_count(),
         }
 

@@ -1,6 +1,7 @@
 """`fota-fleetsim`: run N virtual devices beside the lab, or look at a running simulator.
 
     fota-fleetsim run [--devices N]   power on N virtual devices (sim-00001...) and run them until stopped
+                                      (over FOTA_SIM_PROCESSES processes: one per core by default)
     fota-fleetsim status              print the running simulator's status file (JSON)
     fota-fleetsim alive               exit 0 if the simulator wrote its status lately (compose healthcheck)
 
@@ -9,21 +10,15 @@ Settings are FOTA_SIM_* (and the device's FOTA_* it shares), see FleetSimConfig 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import logging
 import resource
-import signal
 import sys
 import time
 
-import uvloop
-
 from ...envconfig import ConfigError
+from . import shards
 from .config import FleetSimConfig
-from .fleet import Fleet
-
-ALIVE_WITHIN_S = 10.0
 
 
 def raise_file_limit() -> int:
@@ -34,24 +29,13 @@ def raise_file_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-async def run(config: FleetSimConfig) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await Fleet(config).run(stop)
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fota-fleetsim", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", nargs="?", default="run", choices=("run", "status", "alive"))
     parser.add_argument("--devices", type=int, help="virtual devices (default: FOTA_SIM_DEVICES)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("aiomqtt").setLevel(logging.WARNING)
+    shards.configure_logging()
     try:
         config = FleetSimConfig.from_env()
     except ConfigError as exc:
@@ -66,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "alive":
         try:
-            return 0 if time.time() - config.status_file.stat().st_mtime < ALIVE_WITHIN_S else 1
+            return 0 if time.time() - config.status_file.stat().st_mtime < shards.ALIVE_WITHIN_S else 1
         except FileNotFoundError:
             return 1
     if args.devices is not None:
@@ -75,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     if files < config.devices + 256:
         logging.warning("open files limited to %d: fewer than one socket per virtual device (%d)",
                         files, config.devices)
-    return uvloop.run(run(config))    # the server's event loop too: less CPU per MQTT message
+    return shards.run(config)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,12 @@ implementation the devices and the server already use, so sessions, wills and Qo
 the same way. gmqtt was the alternative; it has its own protocol implementation and has
 seen no release since 2023.
 
+Handshakes are paced (`Gate`): at most a few dozen per simulator process between the TCP
+connect and the `online` report, devices in a trial first. Unpaced, a reboot wave of thousands
+started thousands of handshakes at once; each waited its turn on the one event loop, the
+slowest past the 30 s CONNACK timeout, and every retry added to the wave (connect p99 97 s at
+10,000 devices): queued in the gate instead, they take turns without timing out.
+
 Power: `stop()` is a clean shutdown (a reboot: `offline` published, DISCONNECT sent);
 `kill()` is a power cut: the socket is shut down without a DISCONNECT, so the broker
 publishes the will at once, as it does when `docker kill` closes a device's socket.
@@ -21,8 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import json
 import logging
+import math
 import random
 import socket
 import time
@@ -38,6 +47,45 @@ MAX_IN_FLIGHT = 20         # reports not yet acknowledged, as paho's default max
 MISC_EVERY_S = 10.0         # paho's housekeeping (keepalive pings) per client; keepalive is 60 s
 
 
+class Gate:
+    """At most `limit` handshakes at once; waiters by priority (lower first), then in order."""
+
+    def __init__(self, limit: int) -> None:
+        self._free = limit
+        self._waiting: list[tuple[int, int, asyncio.Future]] = []
+        self._order = itertools.count()
+
+    @property
+    def waiting(self) -> int:
+        return sum(not future.done() for _, _, future in self._waiting)
+
+    @contextlib.asynccontextmanager
+    async def slot(self, priority: int):
+        if self._free > 0 and not self._waiting:
+            self._free -= 1
+        else:
+            future = asyncio.get_running_loop().create_future()
+            heapq.heappush(self._waiting, (priority, next(self._order), future))
+            try:
+                await future
+            except asyncio.CancelledError:
+                if future.done() and not future.cancelled():   # handed the slot as it was cancelled
+                    self._release()
+                raise
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        while self._waiting:
+            _, _, future = heapq.heappop(self._waiting)
+            if not future.done():
+                future.set_result(None)
+                return
+        self._free += 1
+
+
 class Client(aiomqtt.Client):
     """aiomqtt's client with two changes that only matter at thousands of connections:
 
@@ -50,7 +98,23 @@ class Client(aiomqtt.Client):
       take over that socket's writer: its CONNECT or reports would never be sent (devices stuck
       in "rebooting" at 1,000). Here a registration is skipped unless the socket is still the
       client's own.
+    - a client given up (`shut`) while paho's connect still ran in its executor thread would
+      have connected afterwards as the device, unseen: its socket is shut down as it opens.
+    - its waits run on asyncio.timeout, not asyncio.wait_for, which in Python 3.11 swallows a
+      cancellation that comes as the awaited future completes: a device rebooting (or cut) as
+      its CONNACK arrived carried on connecting with the session of a boot that was over.
     """
+
+    abandoned = False
+
+    async def _wait_for(self, fut, timeout: float | None):
+        if timeout is None:
+            timeout = self.timeout
+        try:
+            async with asyncio.timeout(None if timeout == math.inf else timeout):
+                return await fut
+        except TimeoutError:
+            raise aiomqtt.MqttError("Operation timed out") from None
 
     async def _misc_loop(self) -> None:
         await asyncio.sleep(random.uniform(0, MISC_EVERY_S))
@@ -76,6 +140,9 @@ class Client(aiomqtt.Client):
             if client.socket() is sock:         # still open, so the number is still this socket's
                 self._loop.add_reader(fd, read)
                 self._misc_task = self._loop.create_task(self._misc_loop())
+                if self.abandoned:              # paho reads the end of it and closes it
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
         self._loop.call_soon_threadsafe(register)
 
     def _on_socket_register_write(self, client: mqtt.Client, userdata, sock) -> None:
@@ -94,11 +161,12 @@ class Client(aiomqtt.Client):
 
 
 class Session:
-    def __init__(self, device_id: str, host: str, port: int, password: str, *, keepalive_s: int,
-                 on_error=lambda exc: None, on_sent=lambda seconds, waited: None,
+    def __init__(self, device_id: str, host: str, port: int, password: str, *, keepalive_s: int, gate: Gate,
+                 priority: int = 0, on_error=lambda exc: None, on_sent=lambda seconds, waited: None,
                  on_connected=lambda seconds: None) -> None:
         self.device_id = device_id
         self._host, self._port, self._password, self._keepalive = host, port, password, keepalive_s
+        self._gate, self._priority = gate, priority
         self._on_error, self._on_sent, self._on_connected = on_error, on_sent, on_connected
         self.commands: asyncio.Queue[dict] = asyncio.Queue()
         # (topic, payload, retain, time.time() when the device made the report)
@@ -108,6 +176,7 @@ class Session:
         self._task: asyncio.Task | None = None
         self._unacked: list[tuple[str, str, bool, float]] = []   # handed to the client, no PUBACK yet
         self._acked = asyncio.Event()
+        self._over = False               # stopped or killed: it never connects again
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"mqtt-{self.device_id}")
@@ -115,17 +184,19 @@ class Session:
     async def _run(self) -> None:
         status = device_topic(self.device_id, "status")
         delay = 1.0
-        while True:
+        while not self._over:
             started = time.monotonic()
+            client = Client(self._host, self._port, identifier=f"fota-{self.device_id}",
+                            username=self.device_id, password=self._password,
+                            will=aiomqtt.Will(status, Presence.OFFLINE, qos=1, retain=True),
+                            clean_session=False, keepalive=self._keepalive, timeout=PUBLISH_TIMEOUT_S)
+            self._client = client
             try:
-                client = Client(self._host, self._port, identifier=f"fota-{self.device_id}",
-                                        username=self.device_id, password=self._password,
-                                        will=aiomqtt.Will(status, Presence.OFFLINE, qos=1, retain=True),
-                                        clean_session=False, keepalive=self._keepalive, timeout=PUBLISH_TIMEOUT_S)
-                async with client:
-                    self._client = client
-                    await client.subscribe([(device_topic(self.device_id, "cmd"), 1), (FLEET_COMMANDS, 1)])
-                    await client.publish(status, Presence.ONLINE, qos=1, retain=True)
+                async with contextlib.AsyncExitStack() as stack:
+                    async with self._gate.slot(self._priority):
+                        await stack.enter_async_context(client)
+                        await client.subscribe([(device_topic(self.device_id, "cmd"), 1), (FLEET_COMMANDS, 1)])
+                        await client.publish(status, Presence.ONLINE, qos=1, retain=True)
                     self.connected.set()
                     self._on_connected(time.monotonic() - started)
                     delay = 1.0
@@ -133,9 +204,13 @@ class Session:
             except aiomqtt.MqttError as exc:
                 self._on_error(exc)
                 log.debug("%s: MQTT %s; reconnecting in %.0f s", self.device_id, exc, delay)
+            except Exception as exc:      # aiomqtt hands a broken socket's own error on (OSError and others)
+                self._on_error(exc)
+                log.warning("%s: MQTT connection failed: %r; reconnecting in %.0f s", self.device_id, exc, delay)
             finally:
                 self.connected.clear()
                 self._client = None
+                shut(client)              # a handshake that timed out leaves paho's socket open: close it
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
 
@@ -211,25 +286,33 @@ class Session:
         """A reboot: report offline, let the queue drain, disconnect cleanly (no will)."""
         self.outbox.put_nowait((device_topic(self.device_id, "status"), Presence.OFFLINE, True, time.time()))
         await self.drained(timeout_s)
+        self._over = True
         if self._task is not None:
             self._task.cancel()
             try:
-                await asyncio.wait_for(self._task, timeout_s)
-            except (asyncio.CancelledError, aiomqtt.MqttError):
-                pass
+                async with asyncio.timeout(timeout_s):
+                    await asyncio.wait({self._task})
             except TimeoutError:              # no DISCONNECT acknowledged in time: drop the connection
                 self.kill()
 
     def kill(self) -> None:
         """A power cut: the connection just dies, unsent reports with it; the broker sends the will."""
-        client = self._client
-        paho = getattr(client, "_client", None)         # aiomqtt's paho client: the one way to its socket
-        sock = paho.socket() if paho is not None else None
-        gone = getattr(client, "_disconnected", None)   # the error it will hold is expected: retrieve it
-        if isinstance(gone, asyncio.Future):
-            gone.add_done_callback(lambda f: f.cancelled() or f.exception())
-        if isinstance(sock, socket.socket):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+        self._over = True
+        if self._client is not None:
+            shut(self._client)
         if self._task is not None:
             self._task.cancel()
+
+
+def shut(client: Client) -> None:
+    """Shut the client's socket down without a DISCONNECT (the broker publishes the will); paho
+    then closes it at its next read. Nothing happens to a socket already closed."""
+    client.abandoned = True
+    paho = getattr(client, "_client", None)         # aiomqtt's paho client: the one way to its socket
+    sock = paho.socket() if paho is not None else None
+    gone = getattr(client, "_disconnected", None)   # the error it will hold is expected: retrieve it
+    if isinstance(gone, asyncio.Future):
+        gone.add_done_callback(lambda f: f.cancelled() or f.exception())
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
