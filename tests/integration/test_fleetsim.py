@@ -3,9 +3,12 @@ MQTT identity and flash, taken through a phased rollout to commit while power cu
 them in the middle of their update; the server sees them as ordinary fleet members."""
 from __future__ import annotations
 
+import signal
+
 import requests
 
 from fotalab.lab import locallab
+from fotalab.lab.fleetsim.shards import STOP_WITHIN_S
 from fotalab.protocol import SUCCESS_STATES, Event, RolloutStatus
 
 DEVICES = 20
@@ -52,5 +55,32 @@ def test_virtual_devices_update_to_commit_through_a_rollout_with_power_cuts(rele
             assert {Event.BOOTED, Event.STAGED} <= events, (device["device_id"], events)
             assert events & {Event.UPDATE_STARTED, Event.UPDATE_RESUMED}, (device["device_id"], events)
         locallab.wait_until(lambda: sim.status()["online"] == DEVICES, 30, "every virtual device connected")
+    finally:
+        sim.stop()
+
+
+def test_a_fleet_split_over_two_processes_is_one_fleet_to_the_server_and_in_its_status(release_store, broker,
+                                                                                       ingesting_server, tmp_path):
+    server = ingesting_server(workers=2)
+    sim = locallab.FleetSim(tmp_path / "fleetsim", release_store, broker, server, DEVICES,
+                            env={"FOTA_SIM_PROCESSES": "2", "FOTA_SIM_CUT_SHARE": "0.2", "FOTA_SIM_OFF_S": "0.5"}
+                            ).start()
+    try:
+        locallab.wait_until(lambda: sim.status().get("online") == DEVICES, 30, "20 virtual devices online")
+        status = sim.status()
+        assert (status["processes"], status["devices"], status["phases"]) == (2, DEVICES, {"idle": DEVICES}), status
+        created = requests.post(f"{server.url}/api/v1/rollouts", headers=TOKEN, timeout=10, json={
+            "release": "2.0.0", "selection": {"group": "sim"}, "phases": ["100%"]})
+        assert created.status_code == 201, created.text
+        rollout_url = f"{server.url}/api/v1/rollouts/{created.json()['id']}"
+        locallab.wait_until(lambda: requests.get(rollout_url, timeout=10).json()["status"] != RolloutStatus.RUNNING,
+                            50, "the rollout over both processes' devices")
+        assert requests.get(rollout_url, timeout=10).json()["status"] == RolloutStatus.COMPLETED
+        locallab.wait_until(lambda: sim.status().get("versions") == {"2.0.0": DEVICES}, 10, "every device on 2.0.0")
+        status = sim.status()
+        assert status["errors"] == 0 and status["bricked"] == 0 and status["cuts"] >= 1, status
+        assert status["connects"] >= 2 * DEVICES and status["longest"] == [], status
+        sim.process.send_signal(signal.SIGTERM)    # as compose stops it: both children, then the parent
+        assert sim.process.wait(STOP_WITHIN_S + 5) == 0
     finally:
         sim.stop()
