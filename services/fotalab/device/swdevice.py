@@ -201,13 +201,14 @@ def supervise(config: SwDeviceConfig) -> int:
 
 # ---------------------------------------------------------------- firmware
 def swupdate_settings(config: SwDeviceConfig) -> str:
-    """The suricatta section of swupdate's configuration (libconfig): its TLS files, which have no
-    command-line options; the command line's settings override the rest."""
+    """swupdate's configuration (libconfig): suricatta's TLS files, which have no command-line
+    options (the command line's settings override the rest), and the globals section swupdate
+    refuses to start without, empty."""
     if config.tls is None:
         return ""
     files = {"cafile": config.tls.ca, "sslcert": config.tls.cert, "sslkey": config.tls.key}
     lines = [f'    {name} = "{path}";' for name, path in files.items() if path is not None]
-    return "suricatta :\n{\n" + "\n".join(lines) + "\n};\n"
+    return "globals :\n{\n};\nsuricatta :\n{\n" + "\n".join(lines) + "\n};\n"
 
 
 def swupdate_command(config: SwDeviceConfig, slot: str) -> list[str]:
