@@ -108,6 +108,37 @@ def server_url(env: Env, name: str, default: str) -> str:
     return "http://" + url.removeprefix("https://") if env.flag(PLAINTEXT, False) else url
 
 
+class ReloadingIdentity:
+    """A client context whose certificate follows its files: after `fota device reprovision` the
+    next connection presents the new certificate, without a restart (load_cert_chain on the same
+    context replaces the chain; a pair caught half-written is tried again at the next refresh)."""
+
+    def __init__(self, files: TlsFiles) -> None:
+        self.files, self.context = files, files.client_context()
+        self._stamp = self._files_stamp()
+
+    def _files_stamp(self) -> tuple[int, ...]:
+        stamps = []
+        for path in (self.files.cert, self.files.key):
+            try:
+                stamps.append(path.stat().st_mtime_ns if path else 0)
+            except OSError:
+                stamps.append(-1)
+        return tuple(stamps)
+
+    def refresh(self) -> bool:
+        """Load the certificate and key again if their files changed; True when it did."""
+        stamp = self._files_stamp()
+        if stamp == self._stamp:
+            return False
+        try:
+            self.files._load_chain(self.context)
+        except TlsSetupError:
+            return False
+        self._stamp = stamp
+        return True
+
+
 class TlsSetupError(ConfigError):
     """A TLS file is missing or unusable; the message names it and says how to fix it."""
 

@@ -165,3 +165,19 @@ def test_a_server_certificate_without_a_name_the_lab_now_serves_is_issued_again(
     assert "frontdoor" in names.value.get_values_for_type(x509.DNSName)
     assert cert(ca.identity("fota-server").cert).serial_number != old.serial_number
     assert ca.ensure_identities(["fota-server"]) == []
+
+
+def test_a_reprovisioned_certificate_is_loaded_into_the_same_client_context(ca):
+    from fotalab.tlsfiles import ReloadingIdentity
+    files = ca.identity("device-1")
+    identity = ReloadingIdentity(TlsFiles(files.ca, files.cert, files.key))
+    context = identity.context
+    assert identity.refresh() is False                        # nothing changed
+    ca.reissue("device-1")
+    key = ca.identity("device-1").key
+    good = key.read_bytes()
+    key.write_bytes(b"half-written")                          # caught between the key and the certificate
+    assert identity.refresh() is False
+    key.write_bytes(good)
+    assert identity.refresh() is True and identity.context is context
+    assert identity.refresh() is False

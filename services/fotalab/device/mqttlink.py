@@ -4,7 +4,8 @@ paho-mqtt with callback API v2. A persistent session (clean_session False) lets 
 queue QoS 1 commands while the device is off; paho reconnects by itself and the
 subscriptions are renewed in on_connect, so a broker restart is survived. With `tls` it speaks
 MQTT over TLS: the broker is verified against the lab CA and the device is the identity of its
-certificate (the broker forces the client id to it, so the session is the device's own).
+certificate (the broker forces the client id to it, so the session is the device's own); a
+reprovisioned certificate is picked up at the next reconnect.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from collections.abc import Callable
 import paho.mqtt.client as mqtt
 
 from ..protocol import FLEET_COMMANDS, Presence, ReportClock, device_topic
-from ..tlsfiles import TlsFiles
+from ..tlsfiles import ReloadingIdentity, TlsFiles
 
 log = logging.getLogger("fotalab.device.mqttlink")
 
@@ -31,14 +32,16 @@ class MqttLink:
         self.connected = threading.Event()
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"fota-{device_id}",
                                    clean_session=False)
-        if tls is not None:
-            self._client.tls_set_context(tls.client_context())
+        self._identity = ReloadingIdentity(tls) if tls is not None else None
+        if self._identity is not None:
+            self._client.tls_set_context(self._identity.context)
         elif username:
             self._client.username_pw_set(username, password)
         self._client.will_set(device_topic(device_id, "status"), Presence.OFFLINE, qos=1, retain=True)
         self._client.reconnect_delay_set(min_delay=1, max_delay=10)
         self._client.on_connect = self._connected
-        self._client.on_disconnect = lambda *args: self.connected.clear()
+        self._client.on_disconnect = self._disconnected
+        self._client.on_connect_fail = lambda client, userdata: self._refresh_identity()
         self._client.on_message = self._message
 
     def start(self) -> None:
@@ -57,6 +60,14 @@ class MqttLink:
         client.subscribe([(device_topic(self.device_id, "cmd"), 1), (FLEET_COMMANDS, 1)])
         client.publish(device_topic(self.device_id, "status"), Presence.ONLINE, qos=1, retain=True)
         self.connected.set()
+
+    def _disconnected(self, *args) -> None:
+        self.connected.clear()
+        self._refresh_identity()
+
+    def _refresh_identity(self) -> None:
+        if self._identity is not None and self._identity.refresh():
+            log.info("certificate files changed: the next connection presents the new certificate")
 
     def _message(self, client: mqtt.Client, userdata, message: mqtt.MQTTMessage) -> None:
         if message.retain:

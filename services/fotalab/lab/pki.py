@@ -48,6 +48,7 @@ CLI = "fota-cli"
 # the lab's tools on the host (chaos, the tests): the server's rights under an identity of their own,
 # since the broker forces a client id to its identity and the server's session must stay the server's
 TOOLS = "fota-tools"
+WATCH = "fota-watch"     # a person's subscription to the fleet's topics (mosquitto_sub): read only
 SERVER_NAMES = ("mosquitto", "server", "frontdoor", "link", "localhost")
 SERVER_IPS = ("127.0.0.1",)
 CA_FILE, CERT_FILE, KEY_FILE, CRL_FILE = "ca.pem", "cert.pem", "key.pem", "crl.pem"

@@ -42,7 +42,7 @@ from pathlib import Path
 
 from ..envconfig import ConfigError, Env
 from ..protocol import FLEET_COMMANDS, PREFIX
-from .pki import CLI, FRONTDOOR, TLS_SERVER, TOOLS, LabCA, mosquitto_tls_listener
+from .pki import CLI, FRONTDOOR, TLS_SERVER, TOOLS, WATCH, LabCA, mosquitto_tls_listener
 
 SERVER = "fota-server"
 HEALTH = "fota-health"
@@ -83,6 +83,7 @@ def acl(revoked: Iterable[str] = ()) -> str:
         f"user {SERVER}", f"topic readwrite {PREFIX}/#", "",
         f"user {CLI}", f"topic readwrite {PREFIX}/#", "",     # the operator's cli over TLS (fota-trigger)
         f"user {TOOLS}", f"topic readwrite {PREFIX}/#", "",   # chaos and the tests, watching and hinting
+        f"user {WATCH}", f"topic read {PREFIX}/#", "",        # a person watching the fleet
         f"user {HEALTH}", "topic read $SYS/#", "", *denied,
         f"pattern write {device}/state", f"pattern write {device}/events", f"pattern write {device}/status",
         f"pattern read {device}/cmd", f"pattern read {FLEET_COMMANDS}", ""])
@@ -221,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         # the broker drops to its own user: its key must be its own
         issued = LabCA(args.directory, owners={TLS_SERVER: MOSQUITTO_UID}).ensure_identities(
             [*fleet_identities(args.fleet_size), *swupdate_identities(config.swupdate_devices), CLI, TOOLS,
-             FRONTDOOR])
+             WATCH, FRONTDOOR])
         frontdoor_secret(args.directory)
         print(f"fota-provision: TLS identities under {args.directory}; new certificates: {', '.join(issued) or 'none'}")
     write_listeners(args.directory, tls=args.tls, plaintext=config.plaintext)
