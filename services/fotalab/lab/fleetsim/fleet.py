@@ -80,7 +80,8 @@ class Fleet:
         self.powered_on = 0
         self.broker_host = config.mqtt_host
         self._percentiles_at = -PERCENTILES_EVERY_S
-        self._percentiles: tuple = (None,) * 6
+        self._percentiles: tuple = (None,) * 8
+        self.loop_lag = Latencies()      # how late the loop ran the status tick: everything on it waits as long
 
     # -- what the devices tell the fleet (from engine threads and the loop)
     def observe(self, device: VirtualDevice, kind: str, word: str | None, body: dict) -> None:
@@ -164,9 +165,12 @@ class Fleet:
                 self.rng.choice(powered).power_cut()
 
     async def _write_status_forever(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             self.write_status()
+            due = loop.time() + STATUS_EVERY_S
             await asyncio.sleep(STATUS_EVERY_S)
+            self.loop_lag.add(loop.time() - due)
 
     def status(self, final: bool = False) -> dict:
         rss, peak = process_memory_mib()
@@ -179,8 +183,9 @@ class Fleet:
             manifest, connect = self.http.manifest_latency, self.connect_latency
             self._percentiles = (manifest.percentile(0.5), manifest.percentile(0.99),
                                  self.publish_latency.percentile(0.99), self.queued_latency.percentile(0.99),
-                                 connect.percentile(0.5), connect.percentile(0.99))
-        p50, p99, sent_p99, queued_p99, connect_p50, connect_p99 = self._percentiles
+                                 connect.percentile(0.5), connect.percentile(0.99), self.loop_lag.percentile(0.99),
+                                 max(self.loop_lag.values, default=None))
+        p50, p99, sent_p99, queued_p99, connect_p50, connect_p99, lag_p99, lag_max = self._percentiles
         mono = time.monotonic()
         busy = [(mono - d.phase_since, d.device_id, d.phase) for d in self.devices[: self.powered_on]
                 if d.phase not in SETTLED]
@@ -205,6 +210,8 @@ class Fleet:
             "phases": dict(collections.Counter(d.phase for d in self.devices)),
             "longest": [[device_id, phase, round(seconds, 1)] for seconds, device_id, phase in heapq.nlargest(5, busy)],
             "engine_queued": self.pool.queued(), "handshakes_waiting": self.connect_gate.waiting,
+            "loop_lag_p99_ms": round(lag_p99 * 1000, 1) if lag_p99 is not None else None,
+            "loop_lag_max_ms": round(lag_max * 1000, 1) if lag_max is not None else None,
             "rss_mib": round(rss, 1), "peak_rss_mib": round(peak, 1), "threads": threading.active_count(),
         }
 

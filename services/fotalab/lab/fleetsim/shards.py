@@ -40,7 +40,7 @@ SUMMED = ("devices", "powered_on", "online", "committed", "boots", "cuts", "erro
           "peak_rss_mib", "threads")
 COUNTED = ("states", "versions", "events", "cuts_by_state", "phases")
 WORST = ("manifest_p50_ms", "manifest_p99_ms", "report_to_puback_p99_ms", "report_queued_p99_ms",
-         "connect_p50_ms", "connect_p99_ms")
+         "connect_p50_ms", "connect_p99_ms", "loop_lag_p99_ms", "loop_lag_max_ms")
 
 
 def process_count(config: FleetSimConfig) -> int:
