@@ -149,10 +149,12 @@ def test_each_identity_keeps_its_password_beside_its_certificate_and_the_front_d
     device = tmp_path / "device-1"
     assert {p.name for p in device.iterdir()} >= {"password", "ca.pem", "cert.pem", "key.pem"}
     assert stat.S_IMODE((device / "password").stat().st_mode) == 0o600
-    secret = (tmp_path / FRONTDOOR_SECRET).read_text()
-    assert len(secret.strip()) >= 32 and stat.S_IMODE((tmp_path / FRONTDOOR_SECRET).stat().st_mode) == 0o600
+    door, server = tmp_path / "fota-frontdoor" / FRONTDOOR_SECRET, tmp_path / "fota-server" / FRONTDOOR_SECRET
+    secret = door.read_text()
+    assert len(secret.strip()) >= 32 and server.read_text() == secret
+    assert stat.S_IMODE(door.stat().st_mode) == stat.S_IMODE(server.stat().st_mode) == 0o600
     assert main(["--directory", str(tmp_path), "--fleet-size", "1", "--tls"]) == 0
-    assert (tmp_path / FRONTDOOR_SECRET).read_text() == secret
+    assert door.read_text() == server.read_text() == secret
     assert (tmp_path / "passwd").read_text().startswith("device-1:$7$")
 
 

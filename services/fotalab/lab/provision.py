@@ -19,7 +19,8 @@ identities are added when the fleet grows. Writes, under the credentials directo
     <identity>/password      the clear password, read by that identity's own process; the
                              identity's TLS files go beside it, so a device's directory can be
                              its own volume, which only it (and the provisioner) mounts
-    frontdoor.secret         with TLS: what the front door proves itself to the server with
+    fota-frontdoor/frontdoor.secret, fota-server/frontdoor.secret
+                             with TLS: what the front door proves itself to the server with
 
 Virtual devices (`fota-fleetsim`, FOTA_SIM_DEVICES of them, ids sim-00001...) get no file each:
 their passwords derive from one secret (HMAC-SHA256 of the id), written to the fleet
@@ -141,13 +142,17 @@ def write_listeners(directory: Path, *, tls: bool, plaintext: bool) -> str:
     return text
 
 
-def frontdoor_secret(directory: Path) -> Path:
+def frontdoor_secret(directory: Path) -> str:
     """The secret the front door sends the server with each request it proxies, so the server can
-    trust the client identity it passes on (made once and kept)."""
-    path = directory / FRONTDOOR_SECRET
-    if not path.exists():
-        _write(path, secrets.token_urlsafe(32) + "\n", 0o600)
-    return path
+    trust the client identity it passes on: made once and kept in the front door's directory, and
+    copied into the server's (each directory can be its owner's own volume)."""
+    door, server = (directory / name / FRONTDOOR_SECRET for name in (FRONTDOOR, SERVER))
+    if not door.exists():
+        _write(door, secrets.token_urlsafe(32) + "\n", 0o600)
+    secret = door.read_text()
+    if not server.exists() or server.read_text() != secret:
+        _write(server, secret, 0o600)
+    return secret.strip()
 
 
 def sim_secret(directory: Path) -> bytes:
