@@ -116,11 +116,13 @@ def test_certificates_nginx_cannot_verify_are_refused_at_the_door(lab, tmp_path)
             answer = requests.get(f"{door.url}{path}", params=MANIFEST, timeout=10, verify=door.client_tls()["verify"],
                                   cert=(str(who.cert), str(who.key)))
             assert answer.status_code == 400 and REFUSED_BY_NGINX in answer.content, (who, path)
+            assert "fota device reprovision" in answer.json()["error"]      # what to do, as the server's errors say
 
 
 def test_plain_http_to_the_tls_port_is_refused(door):
     answer = requests.get(f"http://127.0.0.1:{door.port}/api/v1/devices", timeout=10)
     assert answer.status_code == 400 and b"plain HTTP request was sent to HTTPS port" in answer.content
+    assert "use https://" in answer.json()["error"]
 
 
 def test_a_cn_with_an_escaped_comma_cannot_pass_for_another_identity(lab):

@@ -18,6 +18,8 @@ attribute cannot pass for a new `CN=`; a CN with an escaped character passes no 
 """
 from __future__ import annotations
 
+import json
+
 from .config import FrontDoorConfig
 
 # one line per artifact download nginx served itself, read by the server (server/downloadlog.py)
@@ -123,10 +125,29 @@ TLS = """\
         ssl_verify_client optional;
 """
 
+# What nginx refuses itself (nginx's codes), said as the server says it: JSON, what was wrong and
+# what to do; the text starts as nginx's own does
+REFUSALS = {
+    "certificate_refused": (495, "The SSL certificate error: the client certificate was refused (not from the lab "
+                                 "CA, expired, or revoked); ask the operator for a new one (fota device reprovision "
+                                 "<id>), or connect without one to see the dashboard"),
+    "plain_http": (497, "The plain HTTP request was sent to HTTPS port: use https:// and trust the lab CA (its "
+                        "ca.pem)"),
+}
+
+
+def tls_refusals() -> str:
+    lines = []
+    for name, (code, message) in REFUSALS.items():
+        body = json.dumps({"error": message, "status": 400})
+        lines += [f"        error_page {code} =400 @{name};", f"        location @{name} {{",
+                  "            default_type application/json;", f"            return 400 '{body}\\n';", "        }"]
+    return "\n".join(lines) + "\n"
+
 
 def render(config: FrontDoorConfig) -> str:
     tls = config.tls
-    tls_lines = TLS.format(cert=tls.cert, key=tls.key, ca=tls.ca) if tls else ""
+    tls_lines = TLS.format(cert=tls.cert, key=tls.key, ca=tls.ca) + tls_refusals() if tls else ""
     if tls and config.tls_crl:
         tls_lines += f"        ssl_crl {config.tls_crl};\n"
     return TEMPLATE.format(workers=config.workers or "auto", run=config.run_dir, connections=config.connections,
