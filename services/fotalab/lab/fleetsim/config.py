@@ -22,9 +22,10 @@ class FleetSimConfig:
     mqtt_port: int = 1883
     secret: str = field(default="", repr=False)      # the provisioner's fleetsim.secret (passwords derive from it)
     server_url: str = "http://server:8000"
-    processes: int = 0                  # processes sharing the devices (0: one per core, per 1,000 devices at most)
-    workers: int = 2                    # threads doing engine work (flash, verification, HTTP) in each process
+    processes: int = 0                  # processes sharing the devices (0: two per core, per 1,000 devices at most)
+    workers: int = 1                    # threads doing engine work (flash, verification, HTTP) in each process
     connects: int = 32                  # MQTT handshakes under way at once in each process
+    gil_switch_ms: float = 0.5          # sys.setswitchinterval: how soon a busy engine thread yields to the loop
     power_on_rate: float = 200.0        # devices powered on per second at start (a boot storm has a ramp)
     keepalive_s: int = 60
     boot_limit: int = 3
@@ -69,6 +70,7 @@ class FleetSimConfig:
             processes=env.integer("FOTA_SIM_PROCESSES", d.processes, minimum=0, maximum=64),
             workers=env.integer("FOTA_SIM_WORKERS", d.workers, minimum=1, maximum=256),
             connects=env.integer("FOTA_SIM_CONNECTS", d.connects, minimum=1, maximum=10_000),
+            gil_switch_ms=env.number("FOTA_SIM_GIL_SWITCH_MS", d.gil_switch_ms, minimum=0.05, maximum=100),
             power_on_rate=env.number("FOTA_SIM_POWER_ON_RATE", d.power_on_rate, minimum=1),
             keepalive_s=env.integer("FOTA_SIM_KEEPALIVE_S", d.keepalive_s, minimum=5, maximum=3600),
             boot_limit=env.integer("FOTA_BOOT_LIMIT", d.boot_limit, minimum=1),

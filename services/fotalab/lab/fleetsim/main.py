@@ -1,7 +1,7 @@
 """`fota-fleetsim`: run N virtual devices beside the lab, or look at a running simulator.
 
     fota-fleetsim run [--devices N]   power on N virtual devices (sim-00001...) and run them until stopped
-                                      (over FOTA_SIM_PROCESSES processes: one per core by default)
+                                      (over FOTA_SIM_PROCESSES processes: two per core by default)
     fota-fleetsim status              print the running simulator's status file (JSON)
     fota-fleetsim alive               exit 0 if the simulator wrote its status lately (compose healthcheck)
 
