@@ -105,7 +105,9 @@ def server_url(env: Env, name: str, default: str) -> str:
     """A server URL setting; under FOTA_PLAINTEXT an https:// one is used as http://, so one compose
     file serves both labs."""
     url = env.text(name, default)
-    return "http://" + url.removeprefix("https://") if env.flag(PLAINTEXT, False) else url
+    if env.flag(PLAINTEXT, False) and url.startswith("https://"):
+        return "http://" + url.removeprefix("https://")
+    return url
 
 
 class ReloadingIdentity:

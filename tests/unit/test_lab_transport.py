@@ -23,6 +23,12 @@ def test_the_plaintext_lab_ignores_the_tls_files_and_reads_the_password_beside_t
     assert config.mqtt_password == "secret"
 
 
+def test_the_plaintext_lab_keeps_an_http_url_as_it_is():
+    config = DeviceConfig.from_env(Env({"FOTA_DEVICE_ID": "device-1", "FOTA_SERVER_URL": "http://server:8000",
+                                        "FOTA_PLAINTEXT": "1"}))
+    assert config.server_url == "http://server:8000"
+
+
 def test_an_explicit_port_wins_and_a_provisioned_directory_still_works(tmp_path):
     (tmp_path / "device-1").mkdir()
     (tmp_path / "device-1" / "password").write_text("kept\n")

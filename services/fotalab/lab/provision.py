@@ -43,12 +43,12 @@ from pathlib import Path
 
 from ..envconfig import ConfigError, Env
 from ..protocol import FLEET_COMMANDS, PREFIX
+from ..tlsfiles import MQTT_PORT, MQTTS_PORT
 from .pki import CLI, FRONTDOOR, TLS_SERVER, TOOLS, WATCH, LabCA, mosquitto_tls_listener
 
 SERVER = "fota-server"
 HEALTH = "fota-health"
 PASSWORD = "password"
-MQTT_PORT, MQTTS_PORT = 1883, 8883
 BROKER_DIR = "/mosquitto/credentials"     # where the broker mounts the credentials directory
 FRONTDOOR_SECRET = "frontdoor.secret"
 MOSQUITTO_UID = 1883      # the mosquitto user in eclipse-mosquitto:2 and in the offline image
@@ -231,9 +231,9 @@ def main(argv: list[str] | None = None) -> int:
         frontdoor_secret(args.directory)
         print(f"fota-provision: TLS identities under {args.directory}; new certificates: {', '.join(issued) or 'none'}")
     write_listeners(args.directory, tls=args.tls, plaintext=config.plaintext)
-    print(f"fota-provision: broker listeners: {'MQTT over TLS on 8883' if args.tls else ''}"
+    print(f"fota-provision: broker listeners: {f'MQTT over TLS on {MQTTS_PORT}' if args.tls else ''}"
           f"{', ' if args.tls and config.plaintext else ''}"
-          f"{'plain MQTT on 1883' if config.plaintext or not args.tls else ''}")
+          f"{f'plain MQTT on {MQTT_PORT}' if config.plaintext or not args.tls else ''}")
     return 0
 
 
