@@ -110,6 +110,18 @@ def server_url(env: Env, name: str, default: str) -> str:
     return url
 
 
+def file_stamp(path: Path | None) -> tuple[int, int, int] | None:
+    """What changes when a file is rewritten, in place or replaced (how the CRL's and a
+    certificate's readers notice a new one); None while it is absent."""
+    if path is None:
+        return None
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size, stat.st_ino
+
+
 class ReloadingIdentity:
     """A client context whose certificate follows its files: after `fota device reprovision` the
     next connection presents the new certificate, without a restart (load_cert_chain on the same
@@ -119,14 +131,8 @@ class ReloadingIdentity:
         self.files, self.context = files, files.client_context()
         self._stamp = self._files_stamp()
 
-    def _files_stamp(self) -> tuple[int, ...]:
-        stamps = []
-        for path in (self.files.cert, self.files.key):
-            try:
-                stamps.append(path.stat().st_mtime_ns if path else 0)
-            except OSError:
-                stamps.append(-1)
-        return tuple(stamps)
+    def _files_stamp(self) -> tuple:
+        return file_stamp(self.files.cert), file_stamp(self.files.key)
 
     def refresh(self) -> bool:
         """Load the certificate and key again if their files changed; True when it did."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -18,6 +20,16 @@ pytestmark = pytest.mark.integration
 def release_store(tmp_path_factory):
     """Releases 1.0.0, 2.0.0 and a bad 2.1.0 (crashes at boot), 64 KiB, signed by the real signer."""
     return locallab.build_releases(tmp_path_factory.mktemp("store"))
+
+
+@pytest.fixture(scope="module")
+def store(release_store):
+    """A copy of the signed store for this module (a test may plant a file in it) that nginx's
+    workers can read: started as root (CI), they run as nobody, who cannot enter pytest's directories."""
+    with tempfile.TemporaryDirectory(prefix="fotalab-store-") as parent:
+        os.chmod(parent, 0o755)
+        shutil.copytree(release_store, Path(parent) / "releases")
+        yield Path(parent) / "releases"
 
 
 @pytest.fixture(scope="session")

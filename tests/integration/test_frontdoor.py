@@ -9,9 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 import requests
@@ -19,16 +17,6 @@ import requests
 from fotalab.lab import locallab
 
 API = {"Authorization": "Bearer frontdoor-token"}
-
-
-@pytest.fixture(scope="module")
-def store(release_store):
-    """A private copy of the signed store (one test plants a symlink in it) that nginx's workers
-    can read: started as root (CI), they run as nobody, who cannot enter pytest's directories."""
-    with tempfile.TemporaryDirectory(prefix="fotalab-frontdoor-") as parent:
-        os.chmod(parent, 0o755)
-        shutil.copytree(release_store, Path(parent) / "releases")
-        yield Path(parent) / "releases"
 
 
 @pytest.fixture(scope="module")

@@ -7,21 +7,18 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import shutil
 import socket
 import ssl
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 import requests
 
 from fotalab.lab import locallab
 from fotalab.lab.pki import LabCA
+from fotalab.lab.provision import frontdoor_secret
 
 pytestmark = pytest.mark.integration
 MANIFEST = {"hardware": "fotalab-m4", "version": "1.0.0"}
@@ -30,21 +27,12 @@ REFUSED_BY_NGINX = b"SSL certificate error"
 
 
 @pytest.fixture(scope="module")
-def store(release_store):
-    """The signed store where nginx's workers can read it (as root they run as nobody)."""
-    with tempfile.TemporaryDirectory(prefix="fotalab-frontdoor-tls-") as parent:
-        os.chmod(parent, 0o755)
-        shutil.copytree(release_store, Path(parent) / "releases")
-        yield Path(parent) / "releases"
-
-
-@pytest.fixture(scope="module")
 def lab(store, tmp_path_factory):
     """(door, server, broker): the server behind the TLS door, ingesting from the broker over TLS."""
     root = tmp_path_factory.mktemp("frontdoor-tls")
     broker = locallab.Broker(root / "broker", tls=True, plaintext=False).start()
     broker.ca.ensure_identities(["device-1", "device-2", "device-3", "fota-cli"])
-    env = {**locallab.FrontDoor.server_env(root / "door", broker.ca), "FOTA_API_TOKEN": TOKEN,
+    env = {**locallab.FrontDoor.server_env(broker.ca), "FOTA_API_TOKEN": TOKEN,
            "FOTA_MQTT_HOST": "127.0.0.1", "FOTA_MQTT_PORT": str(broker.tls_port)}
     server = locallab.Server(store, root / "server.log", env=env).start()
     door = locallab.FrontDoor(root / "door", server, ca=broker.ca).start()
@@ -100,7 +88,7 @@ def test_headers_forged_straight_to_gunicorn_or_through_the_door_name_nobody(lab
     write = requests.put(f"{server.url}/api/v1/devices/device-1/assignment", json={"version": "2.0.0"}, timeout=10,
                          headers={**forged, "Authorization": f"Bearer {TOKEN}"})
     assert write.status_code == 401 and "only over TLS" in write.json()["error"]
-    secret = locallab.FrontDoor.secret(door.root).read_text()
+    secret = frontdoor_secret(door.ca.directory)
     through = get(door, "/api/v1/manifest", params=MANIFEST, headers={**forged, "X-Fota-Frontdoor": secret})
     assert through.status_code == 403 and "FOTA_TLS_CERT" in through.json()["error"]
 

@@ -20,10 +20,9 @@ import socket
 import subprocess
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 from ..envconfig import ConfigError
-from ..tlsfiles import TlsFiles
+from ..tlsfiles import TlsFiles, file_stamp
 from .config import FrontDoorConfig
 from .nginxconf import render
 
@@ -39,17 +38,6 @@ def addresses(host_port: str) -> frozenset[str]:
         return frozenset(info[4][0] for info in socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM))
     except OSError:
         return frozenset()
-
-
-def file_stamp(path: Path | None) -> tuple[int, int, int] | None:
-    """What changes when the file is rewritten (in place or replaced); None while it is absent."""
-    if path is None:
-        return None
-    try:
-        stat = path.stat()
-    except OSError:
-        return None
-    return stat.st_mtime_ns, stat.st_size, stat.st_ino
 
 
 def say(message: str) -> None:

@@ -23,7 +23,16 @@ import requests
 from ..tlsfiles import TlsFiles
 from .fleetwatch import FleetWatcher
 from .pki import FRONTDOOR, TLS_SERVER, LabCA, mosquitto_tls_listener
-from .provision import SERVER, SIM_SECRET, Credentials, fleet_identities, sim_device_id, sim_password
+from .provision import (
+    FRONTDOOR_SECRET,
+    SERVER,
+    SIM_SECRET,
+    Credentials,
+    fleet_identities,
+    frontdoor_secret,
+    sim_device_id,
+    sim_password,
+)
 
 LAB_RELEASES = """\
 expires_days = 30
@@ -332,22 +341,14 @@ class FrontDoor:
     process: subprocess.Popen | None = None
 
     @staticmethod
-    def secret(root: Path) -> Path:
-        """The secret file of the door at `root`, which its server reads too (made once)."""
-        path = root / "secret"
-        if not path.exists():
-            root.mkdir(parents=True, exist_ok=True)
-            path.write_text(os.urandom(24).hex())
-            path.chmod(0o600)
-        return path
-
-    @classmethod
-    def server_env(cls, root: Path, ca: LabCA) -> dict[str, str]:
-        """What the server behind a TLS door at `root` runs with: the door's secret, the update
-        server's TLS identity (MQTT) and the CRL."""
-        ca.ensure_identities([SERVER])
-        return {**ca.identity(SERVER).env(), "FOTA_TLS_CRL": str(ca.identity(SERVER).crl),
-                "FOTA_FRONTDOOR_SECRET_FILE": str(cls.secret(root))}
+    def server_env(ca: LabCA) -> dict[str, str]:
+        """What the server behind a TLS door of `ca`'s lab runs with: the door's secret (in its
+        identity's directory, as fota-provision puts it), its TLS identity (MQTT) and the CRL."""
+        ca.ensure_identities([SERVER, FRONTDOOR])
+        frontdoor_secret(ca.directory)
+        server = ca.identity(SERVER)
+        return {**server.env(), "FOTA_TLS_CRL": str(server.crl),
+                "FOTA_FRONTDOOR_SECRET_FILE": str(server.directory / FRONTDOOR_SECRET)}
 
     @property
     def url(self) -> str:
@@ -372,7 +373,9 @@ class FrontDoor:
                "FOTA_FRONTDOOR_RUN_DIR": str(self.root / "run"), "FOTA_FRONTDOOR_WORKERS": str(self.workers)}
         if self.ca:
             door = self.ca.identity(FRONTDOOR)
-            env.update(door.env(), FOTA_TLS_CRL=str(door.crl), FOTA_FRONTDOOR_SECRET_FILE=str(self.secret(self.root)))
+            frontdoor_secret(self.ca.directory)
+            env.update(door.env(), FOTA_TLS_CRL=str(door.crl),
+                       FOTA_FRONTDOOR_SECRET_FILE=str(door.directory / FRONTDOOR_SECRET))
         return env
 
     def start(self) -> FrontDoor:

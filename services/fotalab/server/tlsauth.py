@@ -37,7 +37,7 @@ from urllib.parse import unquote
 from cryptography import x509
 from flask import Request, request
 
-from ..tlsfiles import peer_identity, peer_serial
+from ..tlsfiles import file_stamp, peer_identity, peer_serial
 from .downloads import ASGIApp, Receive, Scope, Send
 from .errors import ServerError
 
@@ -90,7 +90,7 @@ class Revocations:
     def __init__(self, path: Path | None, every_s: float = 1.0) -> None:
         self._path, self._every = path, every_s
         self._serials: frozenset[int] = frozenset()
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, int, int] | None = None
         self._checked = 0.0
         self._lock = threading.Lock()
 
@@ -105,13 +105,9 @@ class Revocations:
         return serial in self._serials
 
     def _reload(self) -> None:
-        try:
-            stat = self._path.stat()
-        except OSError:
-            return                      # keep the last good list
-        stamp = (stat.st_mtime_ns, stat.st_size)
-        if stamp == self._stamp:
-            return
+        stamp = file_stamp(self._path)
+        if stamp is None or stamp == self._stamp:
+            return                      # absent (keep the last good list), or unchanged
         try:
             crl = x509.load_pem_x509_crl(self._path.read_bytes())
         except (OSError, ValueError):
