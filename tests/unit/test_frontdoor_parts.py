@@ -10,10 +10,11 @@ import pytest
 
 from fotalab.envconfig import ConfigError, Env
 from fotalab.frontdoor.config import FrontDoorConfig
-from fotalab.frontdoor.main import addresses, file_stamp, health
+from fotalab.frontdoor.main import addresses, health
 from fotalab.frontdoor.nginxconf import render
 from fotalab.server import metrics
 from fotalab.server.downloadlog import DownloadLog, count_line
+from fotalab.tlsfiles import file_stamp
 
 SHA = "ab" * 32
 
